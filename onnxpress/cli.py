@@ -1,0 +1,212 @@
+"""The ``onnxpress`` command line.
+
+Errors a user can cause print one line on stderr and exit with code 2; a failed validation
+verdict exits with code 1. ``--debug`` shows tracebacks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from onnxpress.errors import OnnxpressError
+
+EXIT_FAILED_VERDICT = 1
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"onnxpress: error: {message}\n")
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _progress(event) -> None:
+    prefix = f"[{event.index + 1}/{event.total}] {event.name}"
+    if event.record is None:
+        _err(f"{prefix} ...")
+        return
+    r = event.record
+    accuracy = "" if r.cosine is None else f", cosine {r.cosine:.6f}, max-abs {r.max_abs:.2e}"
+    _err(f"{prefix} done in {r.seconds:.2f}s: {r.nodes_before} -> {r.nodes_after} nodes{accuracy}")
+
+
+def _cmd_inspect(args) -> int:
+    from onnxpress.io import load
+    from onnxpress.summary import inspect
+
+    summary = inspect(load(args.model), top=args.top)
+    print(summary.to_json() if args.json else summary.to_text())
+    return 0
+
+
+def _cmd_passes(args) -> int:
+    from onnxpress import registry
+
+    for name, cls in registry.available().items():
+        print(f"{name:<12} {registry.summary(cls)}")
+        if args.verbose_options:
+            for option in registry.options(cls).values():
+                print(f"    {option.name} ({option.type_name}) = {option.default!r}")
+    return 0
+
+
+def _cmd_targets(args) -> int:
+    from onnxpress import targets
+
+    for name, path in targets.builtin().items():
+        profile = targets.load(path)
+        print(f"{name:<8} {', '.join(profile.providers):<24} {profile.description}")
+    return 0
+
+
+def _data(path: str | None):
+    if path is None:
+        return None
+    from onnxpress.calibration import from_npz
+
+    return from_npz(path)
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        print(report.to_json())
+        return
+    rows = report.summary_rows()
+    if rows:
+        width = max(len(r[0]) for r in rows)
+        print(f"{'':<{width}}  {'reference':>14}  {'candidate':>14}")
+        for name, ref, cand in rows:
+            print(f"{name:<{width}}  {ref:>14}  {cand:>14}")
+    for name, stats in report.metrics.items():
+        print(f"output {name}: cosine {stats.cosine:.6f}, max-abs {stats.max_abs:.3g}")
+    if report.top1_agreement is not None:
+        print(f"top-1 agreement: {report.top1_agreement:.4f}")
+    for note in report.notes:
+        print(f"note: {note}")
+    verdict = "PASSED" if report.passed else "FAILED"
+    print(f"verdict on target '{report.target}': {verdict}")
+    for failure in report.failures:
+        print(f"  - {failure}")
+
+
+def _cmd_validate(args) -> int:
+    from onnxpress.io import load
+    from onnxpress.validate import validate
+
+    candidate = load(args.model)
+    reference = load(args.reference) if args.reference else None
+    report = validate(candidate, reference, target=args.target, data=_data(args.data),
+                      allow_missing_provider=args.allow_missing_provider)
+    _print_report(report, args.json)
+    return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _cmd_run(args) -> int:
+    from onnxpress.io import load, save
+    from onnxpress.recipe import load_recipe
+
+    source, output = Path(args.model), Path(args.output)
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
+    recipe = load_recipe(args.recipe)
+    model = load(source)
+    pipeline = recipe.pipeline()
+    if args.no_check:
+        pipeline.check = False
+    calibration = _data(args.calibration)
+    result = pipeline.run(model, calibration, progress=_progress)
+    print(result.table())
+    save(result.model, output, external_data=True if args.external_data else None)
+    print(f"saved {output}")
+    target = args.target or (recipe.target if args.validate else None)
+    if target is None:
+        return 0
+    from onnxpress.validate import validate
+
+    report = validate(result.model, model, target=target, data=calibration,
+                      allow_missing_provider=args.allow_missing_provider)
+    report.pipeline = result.to_dict()
+    _print_report(report, False)
+    return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _cmd_demo(args) -> int:
+    from onnxpress.demo import run_demo
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    _, report = run_demo(args.out, progress=_progress, say=say)
+    _print_report(report, False)
+    return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="onnxpress", description="Make an ONNX model smaller and faster, and prove "
+                     "it still works on its target.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the passes do")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a recipe's passes on a model and save the result")
+    run.add_argument("model")
+    run.add_argument("--recipe", required=True, help="recipe TOML file")
+    run.add_argument("-o", "--output", required=True, help="output .onnx path")
+    run.add_argument("--calibration", help=".npz file or folder of them (overrides the recipe's)")
+    run.add_argument("--target", help="validate the result on this target (cpu, cuda, edge or a .toml)")
+    run.add_argument("--validate", action="store_true", help="validate on the recipe's target")
+    run.add_argument("--no-check", action="store_true", help="skip the checker/session check after each pass")
+    run.add_argument("--external-data", action="store_true", help="save tensors to an external data file")
+    run.add_argument("--allow-missing-provider", action="store_true",
+                     help="report a missing execution provider as a failed verdict, not an error")
+    run.set_defaults(func=_cmd_run)
+
+    validate = commands.add_parser("validate", help="check a model on a target against a reference")
+    validate.add_argument("model")
+    validate.add_argument("--reference", help="the model the candidate must agree with")
+    validate.add_argument("--target", default="cpu")
+    validate.add_argument("--data", help=".npz file or folder of them (default: generated inputs)")
+    validate.add_argument("--json", action="store_true")
+    validate.add_argument("--allow-missing-provider", action="store_true")
+    validate.set_defaults(func=_cmd_validate)
+
+    inspect = commands.add_parser("inspect", help="opsets, inputs, outputs, ops and parameters of a model")
+    inspect.add_argument("model")
+    inspect.add_argument("--json", action="store_true")
+    inspect.add_argument("--top", type=int, default=10, help="largest initializers to list")
+    inspect.set_defaults(func=_cmd_inspect)
+
+    passes = commands.add_parser("passes", help="list the registered passes")
+    passes.add_argument("--options", dest="verbose_options", action="store_true", help="list their options")
+    passes.set_defaults(func=_cmd_passes)
+
+    targets = commands.add_parser("targets", help="list the built-in target profiles")
+    targets.set_defaults(func=_cmd_targets)
+
+    demo = commands.add_parser("demo", help="run the default recipe on the bundled digits CNN")
+    demo.add_argument("--out", default="demo-out", help="folder for the compressed model")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except OnnxpressError as err:
+        if args.debug:
+            raise
+        _err(f"onnxpress: error: {err}")
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Errors onnxpress raises.
+
+Every error a user can cause (a missing file, a model that is not ONNX, an unknown pass or
+option, bad data) is an :class:`OnnxpressError`: the CLI prints its message as one line and
+exits with code 2.
+"""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+
+class OnnxpressError(Exception):
+    """An error the user can fix; its message is one line naming the culprit."""
+
+
+class ModelError(OnnxpressError):
+    """The model file or object cannot be admitted (unreadable, not ONNX, unsafe)."""
+
+
+class RecipeError(OnnxpressError):
+    """A recipe is unreadable or names an unknown pass, option or value."""
+
+
+class DataError(OnnxpressError):
+    """Calibration or evaluation data does not fit the model."""
+
+
+class ExportError(OnnxpressError):
+    """A torch module could not be exported, or its export does not match torch."""
+
+
+class PipelineError(OnnxpressError):
+    """A pass broke the model (checker, session, or a lossless pass changed outputs)."""
+
+
+class ProviderError(OnnxpressError):
+    """An execution provider a target asks for is not available."""
+
+
+class PassError(ir.passes.PassError, OnnxpressError):
+    """A pass cannot do its job on a node; the message names the pass and the node."""

@@ -1,0 +1,182 @@
+"""``export``: a torch module to an ``onnx_ir.Model``, checked against torch on ONNX Runtime."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxpress.errors import ExportError
+from onnxpress.metrics import error_stats
+
+logger = logging.getLogger(__name__)
+
+EXPORT_METADATA_KEY = "onnxpress.export"
+
+
+def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset: int = 18,
+           input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+           rtol: float = 1e-3, atol: float = 1e-4, exporter: str = "auto") -> ir.Model:
+    """Export ``module`` to ONNX and check the export against torch.
+
+    The dynamo-based exporter is tried first; when it fails the TorchScript exporter is used
+    (``exporter`` forces one: ``dynamo`` or ``torchscript``). The ONNX Runtime outputs are
+    compared with torch's on the example inputs and, with ``dynamic_batch``, on a second batch
+    size. Which exporter ran, and the largest error seen, are logged and stored in the model's
+    ``metadata_props["onnxpress.export"]`` (JSON).
+
+    Args:
+        module: a ``torch.nn.Module``.
+        example_args: a tensor or a tuple of tensors (the module's positional arguments).
+        dynamic_batch: make the first axis of every input and output dynamic.
+        opset: the default-domain opset version to target.
+        input_names, output_names: names for the graph's inputs and outputs.
+        rtol, atol: the export fails when ``max|onnx - torch| > atol + rtol * max|torch|``.
+        exporter: ``auto``, ``dynamo`` or ``torchscript``.
+
+    Raises:
+        ExportError: neither exporter could export the module, or outputs differ from torch.
+    """
+    import torch
+
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ValueError(f"export: exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
+    args = tuple(example_args) if isinstance(example_args, (tuple, list)) else (example_args,)
+    if not all(isinstance(a, torch.Tensor) for a in args):
+        raise ExportError("export: example_args must be tensors (a tensor or a tuple of tensors)")
+    module = module.eval()
+    names = list(input_names) if input_names else [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    if len(names) != len(args):
+        raise ExportError(f"export: {len(names)} input names for {len(args)} example inputs")
+    with torch.no_grad():
+        reference = _as_list(module(*args))
+    out_names = list(output_names) if output_names else (
+        ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))])
+
+    failures = []
+    model = None
+    used = None
+    if exporter in ("auto", "dynamo"):
+        try:
+            model = _dynamo(module, args, names, out_names, dynamic_batch, opset)
+            used = "dynamo"
+        except Exception as err:  # the exporter raises many types; any failure means "fall back"
+            failures.append(f"dynamo exporter: {type(err).__name__}: {_first_line(err)}")
+            logger.warning("export: dynamo exporter failed (%s); trying the TorchScript exporter",
+                           _first_line(err))
+    if model is None and exporter in ("auto", "torchscript"):
+        try:
+            model = _torchscript(module, args, names, out_names, dynamic_batch, opset)
+            used = "torchscript"
+        except Exception as err:  # as above: report both exporters' failures together
+            failures.append(f"TorchScript exporter: {type(err).__name__}: {_first_line(err)}")
+    if model is None:
+        raise ExportError("export failed: " + "; ".join(failures))
+
+    checks = [(args, reference)]
+    if dynamic_batch:
+        batch = args[0].shape[0] if args[0].dim() else 1
+        second = tuple(_resize_batch(a, batch + 2) for a in args)
+        with torch.no_grad():
+            checks.append((second, _as_list(module(*second))))
+    worst = 0.0
+    checked_batches = []
+    from onnxpress.runtime import Session
+
+    with Session(model) as session:
+        for inputs, expected in checks:
+            feed = {n: a.detach().cpu().numpy() for n, a in zip(session.input_names, inputs)}
+            outputs = session.run(feed)
+            got = [outputs[n] for n in session.output_names]
+            if len(got) != len(expected):
+                raise ExportError(f"export ({used}): ONNX model has {len(got)} outputs, torch {len(expected)}")
+            for name, onnx_out, torch_out in zip(session.output_names, got, expected):
+                if onnx_out.shape != tuple(torch_out.shape):
+                    raise ExportError(f"export ({used}): output '{name}' has shape {onnx_out.shape} on "
+                                      f"ONNX Runtime but {tuple(torch_out.shape)} in torch")
+                stats = error_stats([torch_out], [onnx_out])
+                worst = max(worst, stats.max_abs)
+                if not stats.within(atol=atol, rtol=rtol):
+                    raise ExportError(
+                        f"export ({used}): output '{name}' differs from torch by {stats.max_abs:.3g} "
+                        f"(batch {inputs[0].shape[0] if inputs[0].dim() else 1}; tolerance "
+                        f"{atol + rtol * stats.ref_max_abs:.3g})")
+            checked_batches.append(int(inputs[0].shape[0]) if inputs[0].dim() else 1)
+    info = {"exporter": used, "max_abs_error": worst, "batch_sizes_checked": checked_batches,
+            "fallback_reason": failures[0] if failures else None}
+    model.metadata_props[EXPORT_METADATA_KEY] = json.dumps(info)
+    logger.info("export: %s exporter, max |onnx - torch| = %.3g on batch sizes %s", used, worst, checked_batches)
+    return model
+
+
+def export_info(model: ir.Model) -> dict | None:
+    """What ``export`` recorded about how ``model`` was made (None for other models)."""
+    text = model.metadata_props.get(EXPORT_METADATA_KEY)
+    return json.loads(text) if text else None
+
+
+def _as_list(outputs: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(outputs, torch.Tensor):
+        return [outputs.detach().cpu().numpy()]
+    if isinstance(outputs, (tuple, list)):
+        return [o for item in outputs for o in _as_list(item)]
+    if isinstance(outputs, dict):
+        return [o for item in outputs.values() for o in _as_list(item)]
+    raise ExportError(f"export: the module returned {type(outputs).__name__}; tensors, tuples, lists "
+                      "or dicts of tensors are supported")
+
+
+def _resize_batch(tensor: Any, size: int) -> Any:
+    import torch
+
+    if tensor.dim() == 0:
+        return tensor
+    repeats = -(-size // tensor.shape[0])
+    return torch.cat([tensor] * repeats)[:size].clone()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _dynamo(module, args, names, out_names, dynamic_batch, opset) -> ir.Model:
+    import torch
+
+    export_args = args
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = tuple({0: batch} if a.dim() else {} for a in args)
+        # torch.export specialises a size-1 dimension to the constant 1; export on batch 2.
+        if any(a.dim() and a.shape[0] == 1 for a in args):
+            export_args = tuple(_resize_batch(a, 2) for a in args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, export_args, dynamo=True, opset_version=opset,
+                                    input_names=names, output_names=out_names,
+                                    dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
+    return program.model
+
+
+def _torchscript(module, args, names, out_names, dynamic_batch, opset) -> ir.Model:
+    import torch
+
+    from onnxpress.io import load
+
+    axes = None
+    if dynamic_batch:
+        axes = {n: {0: "batch"} for n, a in zip(names, args) if a.dim()}
+        axes.update({n: {0: "batch"} for n in out_names})
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, input_names=names,
+                          output_names=out_names, dynamic_axes=axes)
+    return load(buffer.getvalue())

@@ -1,0 +1,119 @@
+"""Error statistics between reference and candidate outputs, and task metrics."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+Outputs = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """How far a candidate output is from the reference, over all samples.
+
+    ``cosine`` is the cosine similarity of the flattened outputs, computed per sample and
+    averaged (1.0 when both are all-zero); ``rel_max`` is ``max_abs`` over the reference's
+    largest magnitude.
+    """
+
+    max_abs: float
+    mean_abs: float
+    p99_abs: float
+    rel_max: float
+    cosine: float
+    min_cosine: float
+    ref_max_abs: float
+    ref_nonfinite: int
+    nonfinite: int
+    elements: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def within(self, *, atol: float, rtol: float) -> bool:
+        """Whether every element is within ``atol + rtol * max|reference|`` (and finite)."""
+        return self.nonfinite <= self.ref_nonfinite and self.max_abs <= atol + rtol * self.ref_max_abs
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 and nb == 0.0:
+        return 1.0
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> ErrorStats:
+    """Compare one output across samples (lists of arrays of equal shapes, pairwise)."""
+    if len(reference) != len(candidate):
+        raise ValueError("reference and candidate have different sample counts")
+    diffs, cosines = [], []
+    ref_nonfinite = cand_nonfinite = 0
+    ref_max = 0.0
+    for ref, cand in zip(reference, candidate):
+        ref = np.asarray(ref)
+        cand = np.asarray(cand)
+        if ref.shape != cand.shape:
+            raise ValueError(f"shapes differ: reference {ref.shape}, candidate {cand.shape}")
+        r = ref.astype(np.float64).ravel()
+        c = cand.astype(np.float64).ravel()
+        ref_nonfinite += int(np.count_nonzero(~np.isfinite(r)))
+        cand_nonfinite += int(np.count_nonzero(~np.isfinite(c)))
+        finite = np.isfinite(r) & np.isfinite(c)
+        r, c = r[finite], c[finite]
+        diffs.append(np.abs(r - c))
+        cosines.append(_cosine(r, c))
+        if r.size:
+            ref_max = max(ref_max, float(np.max(np.abs(r))))
+    diff = np.concatenate(diffs) if diffs else np.zeros(0)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    return ErrorStats(
+        max_abs=max_abs,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        p99_abs=float(np.quantile(diff, 0.99)) if diff.size else 0.0,
+        rel_max=max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf")),
+        cosine=float(np.mean(cosines)) if cosines else 1.0,
+        min_cosine=float(np.min(cosines)) if cosines else 1.0,
+        ref_max_abs=ref_max,
+        ref_nonfinite=ref_nonfinite,
+        nonfinite=cand_nonfinite,
+        elements=int(sum(d.size for d in diffs)),
+    )
+
+
+def compare(reference: Sequence[Outputs], candidate: Sequence[Outputs]) -> dict[str, ErrorStats]:
+    """Per-output error statistics; the candidate must produce every reference output."""
+    if not reference:
+        return {}
+    stats = {}
+    for name in reference[0]:
+        missing = [i for i, out in enumerate(candidate) if name not in out]
+        if missing:
+            raise KeyError(name)
+        stats[name] = error_stats([r[name] for r in reference], [c[name] for c in candidate])
+    return stats
+
+
+def top1(outputs: Sequence[Outputs], output: str | None = None) -> np.ndarray:
+    """Arg-max over the last axis of one output (the first when unnamed), all samples joined."""
+    name = output or next(iter(outputs[0]))
+    return np.concatenate([np.asarray(o[name]).reshape(-1, np.asarray(o[name]).shape[-1]).argmax(-1)
+                           for o in outputs])
+
+
+def top1_agreement(reference: Sequence[Outputs], candidate: Sequence[Outputs],
+                   output: str | None = None) -> float:
+    """Share of rows whose arg-max class is the same in both."""
+    return float(np.mean(top1(reference, output) == top1(candidate, output)))
+
+
+def accuracy(outputs: Sequence[Outputs], labels: np.ndarray, output: str | None = None) -> float:
+    """Top-1 accuracy of class scores against integer labels."""
+    predicted = top1(outputs, output)
+    labels = np.asarray(labels).reshape(-1)
+    if predicted.shape != labels.shape:
+        raise ValueError(f"{predicted.size} predictions but {labels.size} labels")
+    return float(np.mean(predicted == labels))

@@ -1,0 +1,272 @@
+"""The pass pipeline: runs passes in order, checks the model after each, tracks accuracy.
+
+After every pass the pipeline records wall time, node count, weight bytes and parameters before
+and after, and the pass's own statistics; it runs the ONNX checker and builds an ONNX Runtime
+CPU session (unless ``check=False``), and compares the outputs on a few golden inputs with the
+input model's outputs. A pass that declares itself ``lossless`` fails the run when it changes
+outputs beyond a tight tolerance.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxpress import _proto, runtime
+from onnxpress.calibration import Calibration, from_feeds
+from onnxpress.errors import DataError, OnnxpressError, PassError, PipelineError
+from onnxpress.metrics import ErrorStats, compare
+from onnxpress.passes._common import node_count
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[["ProgressEvent"], None]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What a progress display is told: a pass starts (``record`` is None) or ends."""
+
+    index: int
+    total: int
+    name: str
+    record: "PassRecord | None" = None
+
+
+@dataclass
+class Context:
+    """What the pipeline hands to passes that ask for it (a ``context`` attribute)."""
+
+    calibration: Calibration | None = None
+
+
+def parameter_count(model: ir.Model) -> int:
+    """Elements held by the initializers of every graph."""
+    return sum(v.const_value.size for g in model.graphs() for v in g.initializers.values()
+               if v.const_value is not None)
+
+
+@dataclass
+class PassRecord:
+    """What one pass did to the model."""
+
+    name: str
+    seconds: float
+    modified: bool
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+    params_before: int
+    params_after: int
+    statistics: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, ErrorStats] | None = None
+    checked: bool = False
+
+    @property
+    def max_abs(self) -> float | None:
+        return max((s.max_abs for s in self.accuracy.values()), default=0.0) if self.accuracy else None
+
+    @property
+    def cosine(self) -> float | None:
+        return min((s.cosine for s in self.accuracy.values()), default=1.0) if self.accuracy else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "seconds": self.seconds, "modified": self.modified,
+            "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
+            "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
+            "params_before": self.params_before, "params_after": self.params_after,
+            "statistics": self.statistics, "checked": self.checked,
+            "accuracy": None if self.accuracy is None else {k: v.to_dict() for k, v in self.accuracy.items()},
+        }
+
+
+@dataclass
+class PipelineResult:
+    """The output model and one record per pass."""
+
+    model: ir.Model
+    records: list[PassRecord]
+    golden_source: str | None
+    golden_note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"golden_source": self.golden_source, "golden_note": self.golden_note,
+                "records": [r.to_dict() for r in self.records]}
+
+    def table(self) -> str:
+        """A plain-text table of the records."""
+        header = ("pass", "time", "nodes", "weights", "params", "max-abs", "cosine")
+        rows = [header]
+        for r in self.records:
+            rows.append((
+                r.name, f"{r.seconds:.2f}s", f"{r.nodes_before}->{r.nodes_after}",
+                f"{format_bytes(r.bytes_before)}->{format_bytes(r.bytes_after)}",
+                f"{r.params_before}->{r.params_after}",
+                "-" if r.max_abs is None else f"{r.max_abs:.2e}",
+                "-" if r.cosine is None else f"{r.cosine:.6f}",
+            ))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def format_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1024 or unit == "GB":
+            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024
+    return f"{count:.1f}GB"
+
+
+class Pipeline:
+    """Runs passes in order on a copy of the model.
+
+    Args:
+        passes: pass instances (``onnx_ir`` passes; see ``onnxpress.passes``).
+        check: after each pass run the ONNX checker and build an ONNX Runtime CPU session.
+        golden_samples: inputs on which outputs are compared after each pass (0 disables the
+            accuracy contract); calibration samples when given, else generated.
+        lossless_rtol, lossless_atol: how far a ``lossless`` pass may move an output:
+            ``max|diff| <= atol + rtol * max|reference|``.
+        calibration: default calibration source (a recipe's); ``run`` may override it.
+        target: target profile name or path a recipe named (used by ``validate``).
+    """
+
+    def __init__(self, passes: Sequence[ir.passes.PassBase], *, check: bool = True, golden_samples: int = 4,
+                 lossless_rtol: float = 1e-4, lossless_atol: float = 1e-5,
+                 calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+                 target: str | None = None) -> None:
+        if golden_samples < 0:
+            raise ValueError(f"pipeline: golden_samples must be >= 0, got {golden_samples}")
+        for item in passes:
+            if not isinstance(item, ir.passes.PassBase):
+                raise TypeError(f"pipeline: {item!r} is not an onnx_ir pass")
+        self.passes = list(passes)
+        self.check = check
+        self.golden_samples = golden_samples
+        self.lossless_rtol = lossless_rtol
+        self.lossless_atol = lossless_atol
+        self.calibration = calibration
+        self.target = target
+
+    @classmethod
+    def from_recipe(cls, path: str | os.PathLike) -> "Pipeline":
+        """Build the pipeline a TOML recipe describes (see ``onnxpress.recipe``)."""
+        from onnxpress.recipe import load_recipe
+
+        return load_recipe(path).pipeline()
+
+    @staticmethod
+    def pass_name(item: ir.passes.PassBase) -> str:
+        from onnxpress import registry
+
+        for name, cls in registry.available().items():
+            if type(item) is cls:
+                return name
+        return type(item).__name__
+
+    def run(self, model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
+            *, progress: Progress | None = None) -> PipelineResult:
+        """Run every pass on a copy of ``model``; the input model is left as it was."""
+        from onnxpress.io import load
+
+        source = load(model)
+        calibration = calibration if calibration is not None else self.calibration
+        calib = from_feeds(calibration, name="calibration") if calibration is not None else None
+        context = Context(calibration=calib)
+        golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
+        golden_outputs = None
+        if golden_feeds:
+            golden_outputs = self._run_checked(source, golden_feeds, "the input model")
+        current = source.clone()
+        records = []
+        total = len(self.passes)
+        for index, item in enumerate(self.passes):
+            name = self.pass_name(item)
+            if progress:
+                progress(ProgressEvent(index, total, name))
+            if hasattr(item, "context"):
+                item.context = context
+            before = (node_count(current), _proto.weight_bytes(current), parameter_count(current))
+            start = time.perf_counter()
+            try:
+                result = item(current)
+            except PassError:
+                raise
+            except ir.passes.PreconditionError as err:
+                raise PipelineError(f"pass '{name}' cannot run on this model: {err}") from err
+            except OnnxpressError:
+                raise
+            except ir.passes.PassError as err:
+                raise PipelineError(f"pass '{name}' failed: {err}") from err
+            seconds = time.perf_counter() - start
+            current = result.model
+            record = PassRecord(
+                name=name, seconds=seconds, modified=result.modified,
+                nodes_before=before[0], nodes_after=node_count(current),
+                bytes_before=before[1], bytes_after=_proto.weight_bytes(current),
+                params_before=before[2], params_after=parameter_count(current),
+                statistics=dict(getattr(item, "statistics", {}) or {}),
+            )
+            if self.check or golden_outputs is not None:
+                outputs = self._run_checked(current, golden_feeds or [], f"pass '{name}'", check=self.check)
+                record.checked = self.check
+                if golden_outputs is not None:
+                    record.accuracy = self._compare(golden_outputs, outputs, name)
+                    if getattr(item, "lossless", False):
+                        self._enforce_lossless(name, record.accuracy)
+            records.append(record)
+            logger.info("pass %s: %.2fs, %d -> %d nodes", name, seconds, record.nodes_before, record.nodes_after)
+            if progress:
+                progress(ProgressEvent(index, total, name, record))
+        return PipelineResult(current, records, golden_source, golden_note)
+
+    def _golden_feeds(self, model: ir.Model, calib: Calibration | None):
+        if self.golden_samples == 0:
+            return [], None, "accuracy not tracked (golden_samples = 0)"
+        if calib is not None:
+            feeds = calib.take(self.golden_samples)
+            for i, feed in enumerate(feeds):
+                runtime.check_feed(model, feed, f"{calib.name}: sample {i}")
+            return feeds, "calibration", f"{len(feeds)} calibration samples"
+        try:
+            feeds = runtime.random_feeds(model, self.golden_samples, seed=0)
+        except DataError as err:
+            logger.warning("accuracy not tracked: %s", err)
+            return [], None, f"accuracy not tracked: {err}"
+        return feeds, "generated", f"{len(feeds)} inputs generated from the signature"
+
+    def _run_checked(self, model: ir.Model, feeds: list, who: str, *, check: bool = True) -> list[dict]:
+        try:
+            with runtime.Session(model, check=check) as session:
+                return session.run_all(feeds)
+        except runtime.CheckFailed as err:
+            raise PipelineError(f"{who} fails the ONNX checker: {err}") from err
+        except runtime.ort_errors() as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PipelineError(f"{who}: ONNX Runtime cannot load or run the model: {first}") from err
+
+    @staticmethod
+    def _compare(golden: list[dict], outputs: list[dict], name: str) -> dict[str, ErrorStats]:
+        try:
+            return compare(golden, outputs)
+        except KeyError as err:
+            raise PipelineError(f"pass '{name}' removed graph output {err}") from None
+        except ValueError as err:
+            raise PipelineError(f"pass '{name}' changed an output: {err}") from None
+
+    def _enforce_lossless(self, name: str, accuracy: dict[str, ErrorStats]) -> None:
+        for output, stats in accuracy.items():
+            if not stats.within(atol=self.lossless_atol, rtol=self.lossless_rtol):
+                limit = self.lossless_atol + self.lossless_rtol * stats.ref_max_abs
+                raise PipelineError(
+                    f"pass '{name}' is lossless but changed output '{output}': max-abs error "
+                    f"{stats.max_abs:.3g} > {limit:.3g} (cosine {stats.cosine:.6f})")

@@ -1,0 +1,238 @@
+"""ONNX Runtime sessions over in-memory models, and inputs generated from a model's signature.
+
+A model is handed to ONNX Runtime as bytes, or, past the protobuf limit, saved with external
+data into a private temporary folder that lives as long as the session. ONNX Runtime never
+gets a user's path.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxpress import _proto
+from onnxpress.errors import DataError, ProviderError
+
+logger = logging.getLogger(__name__)
+
+Feed = Mapping[str, np.ndarray]
+
+# Value used for symbolic dimensions other than the leading (batch) one when inputs are made up.
+DEFAULT_SYMBOLIC_DIM = 8
+
+_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+               "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+
+
+class CheckFailed(Exception):
+    """The ONNX checker rejected a model; the message is the checker's first line."""
+
+
+def _checked(check, cleanup=None) -> None:
+    try:
+        check()
+    except (_proto.CheckerError, _proto.ShapeInferenceError) as err:
+        if cleanup:
+            cleanup()
+        raise CheckFailed(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input: name, numpy dtype and shape (``None`` or a name for unknown dims)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else "x".join(str(d) if d is not None else "?" for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    """The graph inputs that need a feed (initializers listed as inputs are skipped)."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        shape = None
+        if value.shape is not None:
+            shape = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape)
+        specs.append(InputSpec(value.name, dtype, shape))
+    return specs
+
+
+def random_feeds(model: ir.Model, count: int, *, seed: int = 0, batch: int = 1,
+                 symbolic_dim: int = DEFAULT_SYMBOLIC_DIM) -> list[dict[str, np.ndarray]]:
+    """Generate ``count`` feeds from the input signature.
+
+    Floats are standard normal; integers are 0 or 1 (valid token ids, masks and indices for
+    almost every model); booleans are random. The first symbolic dimension is ``batch``; any
+    other symbolic dimension is ``symbolic_dim``.
+    """
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for spec in input_specs(model):
+            shape = _concrete_shape(spec, batch, symbolic_dim)
+            if np.issubdtype(spec.dtype, np.floating):
+                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            elif np.issubdtype(spec.dtype, np.integer):
+                feed[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+            elif spec.dtype == np.bool_:
+                feed[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+            else:
+                raise DataError(f"input '{spec.name}' has dtype {spec.dtype}; inputs of that type "
+                                "cannot be generated, give data")
+        feeds.append(feed)
+    return feeds
+
+
+def _concrete_shape(spec: InputSpec, batch: int, symbolic_dim: int) -> tuple[int, ...]:
+    if spec.shape is None:
+        raise DataError(f"input '{spec.name}' has no declared shape; inputs cannot be generated, "
+                        "give data")
+    return tuple(d if isinstance(d, int) else (batch if i == 0 else symbolic_dim)
+                 for i, d in enumerate(spec.shape))
+
+
+def check_feed(model: ir.Model, feed: Feed, where: str = "data") -> None:
+    """Raise ``DataError`` unless ``feed`` has every input with the right rank and dtype."""
+    specs = {spec.name: spec for spec in input_specs(model)}
+    missing = sorted(set(specs) - set(feed))
+    if missing:
+        raise DataError(f"{where}: missing input(s) {missing}; the model takes {sorted(specs)}")
+    unknown = sorted(set(feed) - set(specs))
+    if unknown:
+        raise DataError(f"{where}: unknown input(s) {unknown}; the model takes {sorted(specs)}")
+    for name, spec in specs.items():
+        array = np.asarray(feed[name])
+        if array.dtype != spec.dtype:
+            raise DataError(f"{where}: input '{name}' is {array.dtype}, the model wants {spec.dtype}")
+        if spec.shape is not None:
+            if array.ndim != len(spec.shape):
+                raise DataError(f"{where}: input '{name}' has rank {array.ndim}, the model wants "
+                                f"{len(spec.shape)} ({spec.describe()})")
+            for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+                if isinstance(want, int) and got != want:
+                    raise DataError(f"{where}: input '{name}' has size {got} on axis {axis}, the "
+                                    f"model wants {want} ({spec.describe()})")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+class Session:
+    """An ONNX Runtime session over an ``ir.Model``; use as a context manager or ``close()``.
+
+    Args:
+        model: the model.
+        providers: execution providers in order; each a name or ``(name, options)``.
+        threads: intra-op threads (0: ONNX Runtime's default).
+        optimization: graph optimisation level: ``disable``, ``basic``, ``extended`` or ``all``.
+        disable_fallback: forbid ONNX Runtime's silent fallback to the CPU provider.
+        check: run the ONNX checker (full, with shape inference) on the very serialisation
+            handed to ONNX Runtime; raises ``CheckFailed``.
+    """
+
+    def __init__(self, model: ir.Model, *, providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
+                 threads: int = 0, inter_threads: int = 0, optimization: str = "all",
+                 disable_fallback: bool = False, profile: bool = False, check: bool = False) -> None:
+        import onnxruntime as ort
+
+        if optimization not in _OPT_LEVELS:
+            raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, got {optimization!r}")
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        missing = [name for name in names if name not in ort.get_available_providers()]
+        if missing:
+            raise ProviderError(f"execution provider(s) {missing} not available in this onnxruntime "
+                                f"build (available: {ort.get_available_providers()})")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = inter_threads
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
+        if profile:
+            options.enable_profiling = True
+        self._folder: Path | None = None
+        provider_list = [p if isinstance(p, str) else p[0] for p in providers]
+        provider_options = [{} if isinstance(p, str) else dict(p[1]) for p in providers]
+        if _proto.fits_in_protobuf(model):
+            proto = _proto.to_proto(model)
+            if check:
+                _checked(lambda: _proto.check_proto(proto))
+            source: Any = proto.SerializeToString()
+            del proto
+        else:
+            from onnxpress.io import save
+
+            self._folder = Path(tempfile.mkdtemp(prefix="onnxpress-session-"))
+            source = str(save(model, self._folder / "model.onnx", external_data=True))
+            if check:
+                _checked(lambda: _proto.check_path(source), cleanup=self.close)
+        if profile:
+            options.profile_file_prefix = str(self._scratch() / "profile")
+        try:
+            self.session = ort.InferenceSession(source, sess_options=options, providers=provider_list,
+                                                provider_options=provider_options)
+        except BaseException:
+            self.close()
+            raise
+        if disable_fallback:
+            self.session.disable_fallback()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _scratch(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="onnxpress-session-"))
+        return self._folder
+
+    def run(self, feed: Feed) -> dict[str, np.ndarray]:
+        """Run once; returns outputs by name."""
+        outputs = self.session.run(None, {name: feed[name] for name in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+    def run_all(self, feeds: Iterable[Feed]) -> list[dict[str, np.ndarray]]:
+        return [self.run(feed) for feed in feeds]
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def run_model(model: ir.Model, feeds: Iterable[Feed], **session_options: Any) -> list[dict[str, np.ndarray]]:
+    """Build a session, run every feed, close the session."""
+    with Session(model, **session_options) as session:
+        return session.run_all(feeds)
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types ONNX Runtime raises when it cannot load or run a model."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidGraph", "InvalidArgument", "NoSuchFile", "RuntimeException",
+             "NotImplemented", "EPFail", "InvalidProtobuf", "EngineError")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError,)

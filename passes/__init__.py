@@ -1,0 +1,4 @@
+"""Graph transforms, one module per pass (imported as ``onnxpress.passes``)."""
+from onnxpress.passes.simplify import Simplify
+
+__all__ = ["Simplify"]

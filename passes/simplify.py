@@ -1,0 +1,115 @@
+"""Simplify: constant folding, shape inference and dead-code removal."""
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxpress import _proto
+from onnxpress.errors import PassError
+from onnxpress.passes._common import fingerprint, node_count, op_histogram
+
+logger = logging.getLogger(__name__)
+
+Engine = Literal["auto", "onnxsim", "onnx-ir"]
+
+
+class Simplify(ir.passes.FunctionalPass):
+    """Fold constants, infer shapes, fuse and remove dead nodes; outputs stay the same.
+
+    The work is done by onnxsim on an in-memory copy of the model. Where onnxsim cannot run
+    (a model past the 2 GB protobuf limit, an op it cannot fold, a crash inside it) the pass
+    falls back to onnxscript's constant folding and onnx-ir's dead-code, identity and common
+    subexpression passes, and records why in its statistics.
+
+    Options:
+        fold_limit_bytes: constants larger than this are not materialised by folding (a
+            ConstantOfShape producing a large weight stays a node, so the file does not grow;
+            ONNX Runtime folds it at session creation anyway).
+        fuse_bn: let onnxsim fuse BatchNormalization into the preceding Conv.
+        engine: ``auto`` (onnxsim, then the fallback), ``onnxsim`` (fail instead of falling
+            back) or ``onnx-ir`` (the fallback only).
+
+    Graph inputs and outputs keep their names. The pass is lossless: the pipeline fails it
+    if outputs change beyond float rounding.
+    """
+
+    lossless = True
+
+    def __init__(self, *, fold_limit_bytes: int = 16 * 2**20, fuse_bn: bool = True,
+                 engine: Engine = "auto") -> None:
+        super().__init__()
+        if fold_limit_bytes < 0:
+            raise ValueError(f"simplify: fold_limit_bytes must be >= 0, got {fold_limit_bytes}")
+        if engine not in ("auto", "onnxsim", "onnx-ir"):
+            raise ValueError(f"simplify: engine must be 'auto', 'onnxsim' or 'onnx-ir', got {engine!r}")
+        self.fold_limit_bytes = fold_limit_bytes
+        self.fuse_bn = fuse_bn
+        self.engine = engine
+        self.statistics: dict = {}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        before_print = fingerprint(model)
+        before_ops = op_histogram(model)
+        nodes_before = node_count(model)
+        fallback_reason = None
+        result = None
+        if self.engine != "onnx-ir":
+            if not _proto.fits_in_protobuf(model):
+                fallback_reason = "model exceeds the 2 GB protobuf limit onnxsim works within"
+            else:
+                try:
+                    result = self._onnxsim(model)
+                except Exception as err:  # onnxsim wraps C++; any failure means "use the fallback"
+                    fallback_reason = f"onnxsim failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            if result is None and self.engine == "onnxsim":
+                raise PassError(f"simplify: {fallback_reason}")
+        if result is None:
+            if fallback_reason:
+                logger.warning("simplify: %s; using onnx-ir/onnxscript optimisation", fallback_reason)
+            result = self._fallback(model)
+        after_ops = op_histogram(result)
+        removed = {op: before_ops[op] - after_ops.get(op, 0) for op in before_ops
+                   if before_ops[op] > after_ops.get(op, 0)}
+        self.statistics = {
+            "engine": "onnxsim" if fallback_reason is None and self.engine != "onnx-ir" else "onnx-ir",
+            "fallback_reason": fallback_reason,
+            "nodes_removed": nodes_before - node_count(result),
+            "ops_removed": removed,
+        }
+        modified = fingerprint(result) != before_print
+        logger.info("simplify: %d -> %d nodes (%s)", nodes_before, node_count(result),
+                    self.statistics["engine"])
+        return ir.passes.PassResult(result, modified=modified)
+
+    def _onnxsim(self, model: ir.Model) -> ir.Model:
+        import onnxsim
+
+        proto = _proto.to_proto(model)
+        simplified, _ = onnxsim.simplify(
+            proto,
+            check_n=0,  # the pipeline checks outputs against its golden samples
+            skip_fuse_bn=not self.fuse_bn,
+            tensor_size_threshold=f"{self.fold_limit_bytes}B",
+            certify=False,
+        )
+        return _proto.from_proto(simplified)
+
+    def _fallback(self, model: ir.Model) -> ir.Model:
+        import onnxscript.optimizer
+
+        result = model.clone()
+        # onnxscript's limits count elements; fold only constants within the byte limit.
+        elements = max(1, self.fold_limit_bytes // 4)
+        onnxscript.optimizer.optimize_ir(result, input_size_limit=elements, output_size_limit=elements,
+                                         onnx_shape_inference=_proto.fits_in_protobuf(result))
+        ir.passes.Sequential(
+            common_passes.IdentityEliminationPass(),
+            common_passes.CommonSubexpressionEliminationPass(),
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        )(result)
+        return result

@@ -1,0 +1,108 @@
+"""Target profiles: one TOML file per target (``cpu``, ``cuda``, ``edge``) and their loader.
+
+A profile names the execution providers in order with their options, session options, the
+accuracy tolerances a candidate must meet, latency and size budgets, how latency is measured,
+and the recipe defaults that suit the target. Users may give their own profile by path.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxpress.errors import RecipeError
+
+FOLDER = Path(__file__).resolve().parent
+
+_SECTIONS: dict[str, dict[str, type]] = {
+    "runtime": {"providers": list, "provider_options": dict, "intra_op_threads": int,
+                "inter_op_threads": int, "optimization": str},
+    "tolerances": {"cosine": float, "max_abs": float, "top1_agreement": float, "metric_drop": float},
+    "budgets": {"latency_ms": float, "size_mb": float},
+    "latency": {"warmup": int, "min_runs": int, "max_runs": int, "min_seconds": float},
+    "recipe": {"precision": str},
+}
+_TOP = {"name": str, "description": str}
+_OPTIMIZATION = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A loaded target profile (see the built-in ``cpu.toml`` for every key)."""
+
+    name: str
+    description: str
+    path: Path
+    providers: list[str]
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    optimization: str = "all"
+    cosine: float = 0.99
+    max_abs: float = 0.0
+    top1_agreement: float = 0.98
+    metric_drop: float = 0.01
+    latency_ms: float = 0.0
+    size_mb: float = 0.0
+    warmup: int = 5
+    min_runs: int = 20
+    max_runs: int = 1000
+    min_seconds: float = 0.5
+    precision: str = "fp32"
+
+    def provider_list(self) -> list[tuple[str, dict[str, str]]]:
+        """Providers in order with their options, as ONNX Runtime takes them."""
+        return [(p, {k: str(v) for k, v in self.provider_options.get(p, {}).items()}) for p in self.providers]
+
+
+def builtin() -> dict[str, Path]:
+    """The built-in profiles by name."""
+    return {p.stem: p for p in sorted(FOLDER.glob("*.toml"))}
+
+
+def load(target: str | os.PathLike | Target) -> Target:
+    """A target by built-in name (``cpu``, ``cuda``, ``edge``) or by a profile file's path."""
+    if isinstance(target, Target):
+        return target
+    known = builtin()
+    if isinstance(target, str) and target in known:
+        path = known[target]
+    else:
+        path = Path(target)
+        if not path.suffix == ".toml" or not path.exists():
+            raise RecipeError(f"unknown target '{target}': give one of {', '.join(known)} or the "
+                              "path of a .toml profile")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise RecipeError(f"{path}: cannot read the target profile: {err}") from None
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _TOP:
+            values[key] = _typed(value, _TOP[key], f"{path}: '{key}'")
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise RecipeError(f"{path}: [{key}] must be a table")
+            for sub, sub_value in value.items():
+                if sub not in _SECTIONS[key]:
+                    raise RecipeError(f"{path}: [{key}] unknown key '{sub}'; known: {', '.join(_SECTIONS[key])}")
+                values[sub] = _typed(sub_value, _SECTIONS[key][sub], f"{path}: [{key}] '{sub}'")
+        else:
+            raise RecipeError(f"{path}: unknown key '{key}'; a profile has {', '.join([*_TOP, *_SECTIONS])}")
+    if not values.get("providers") or not all(isinstance(p, str) for p in values["providers"]):
+        raise RecipeError(f"{path}: [runtime] 'providers' must be a non-empty list of provider names")
+    if values.get("optimization", "all") not in _OPTIMIZATION:
+        raise RecipeError(f"{path}: [runtime] 'optimization' must be one of {', '.join(_OPTIMIZATION)}")
+    values.setdefault("name", path.stem)
+    values.setdefault("description", "")
+    return Target(path=path, **values)
+
+
+def _typed(value: Any, want: type, where: str) -> Any:
+    if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        return value
+    raise RecipeError(f"{where} must be {want.__name__}, got {type(value).__name__} {value!r}")
