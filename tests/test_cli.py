@@ -1,0 +1,119 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnxpress as ox
+from onnxpress import samples
+from onnxpress.cli import main
+
+from conftest import ort_run
+
+RECIPE = '[[passes]]\nname = "simplify"\n'
+
+
+@pytest.fixture
+def model_file(tmp_path, small_model):
+    return ox.save(small_model, tmp_path / "in.onnx")
+
+
+@pytest.fixture
+def recipe_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+def _one_error_line(capsys, *parts):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("onnxpress: error: ")
+    for part in parts:
+        assert part in err[0]
+    return err[0]
+
+
+def test_run_writes_the_simplified_model(tmp_path, model_file, recipe_file, capsys, small_model):
+    before = model_file.read_bytes()
+    out = tmp_path / "out.onnx"
+    assert main(["run", str(model_file), "--recipe", str(recipe_file), "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "simplify" in captured.out and f"saved {out}" in captured.out
+    assert "[1/1] simplify ..." in captured.err and "[1/1] simplify done" in captured.err
+    assert model_file.read_bytes() == before
+    feed = {"x": np.ones((2, 4), np.float32)}
+    np.testing.assert_allclose(ort_run(ox.load(out), feed)[0], ort_run(small_model, feed)[0], rtol=1e-6)
+    assert len(list(ox.load(out).graph)) == 3
+
+
+def test_run_then_validate_on_a_target(tmp_path, model_file, recipe_file, capsys):
+    out = tmp_path / "out.onnx"
+    code = main(["run", str(model_file), "--recipe", str(recipe_file), "-o", str(out), "--target", "cpu"])
+    text = capsys.readouterr().out
+    assert code == 0 and "verdict on target 'cpu': PASSED" in text
+
+
+@pytest.mark.parametrize("argv, parts", [
+    (["inspect", "missing.onnx"], ["missing.onnx: no such file"]),
+    (["run", "{model}", "--recipe", "nope.toml", "-o", "{tmp}/o.onnx"], ["nope.toml: no such recipe file"]),
+    (["run", "{model}", "--recipe", "{bad_recipe}", "-o", "{tmp}/o.onnx"], ["unknown pass 'shrink'"]),
+    (["run", "{model}", "--recipe", "{recipe}", "-o", "{model}"], ["would overwrite the input model"]),
+    (["run", "{notonnx}", "--recipe", "{recipe}", "-o", "{tmp}/o.onnx"], ["not an ONNX model"]),
+    (["validate", "{model}", "--target", "mars"], ["unknown target 'mars'"]),
+    (["validate", "{model}", "--data", "{tmp}/none.npz"], ["none.npz: no such file"]),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, model_file, recipe_file, capsys, argv, parts):
+    (tmp_path / "bad.toml").write_text('[[passes]]\nname = "shrink"\n')
+    (tmp_path / "text.onnx").write_text("hello")
+    values = dict(model=model_file, tmp=tmp_path, recipe=recipe_file, bad_recipe=tmp_path / "bad.toml",
+                  notonnx=tmp_path / "text.onnx")
+    argv = [a.format(**values) for a in argv]
+    assert main(argv) == 2
+    _one_error_line(capsys, *parts)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    _one_error_line(capsys, "invalid choice: 'frobnicate'")
+
+
+def test_no_traceback_unless_debug(tmp_path):
+    command = [sys.executable, "-m", "onnxpress.cli", "inspect", str(tmp_path / "x.onnx")]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"onnxpress: error: {tmp_path / 'x.onnx'}: no such file"]
+    debug = subprocess.run(command[:3] + ["--debug"] + command[3:], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_inspect_passes_and_targets(model_file, capsys):
+    assert main(["inspect", str(model_file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ops"]["MatMul"] == 1
+    assert main(["passes", "--options"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("simplify") and "fold_limit_bytes (int) = 16777216" in out
+    assert main(["targets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["cpu", "cuda", "edge"]
+
+
+def test_validate_exit_code_follows_the_verdict(tmp_path, capsys):
+    import onnx_ir as ir
+
+    model = ox.load(samples.DIGITS_MODEL)
+    broken = model.clone()
+    weight = broken.graph.initializers["classifier.3.weight"]
+    weight.const_value = ir.tensor(-weight.const_value.numpy(), name=weight.name)
+    ox.save(broken, tmp_path / "broken.onnx")
+    code = main(["validate", str(tmp_path / "broken.onnx"), "--reference", str(samples.DIGITS_MODEL),
+                 "--data", str(samples.DIGITS_CALIB)])
+    out = capsys.readouterr().out
+    assert code == 1 and "verdict on target 'cpu': FAILED" in out and "cosine" in out
+    code = main(["validate", str(samples.DIGITS_MODEL), "--reference", str(samples.DIGITS_MODEL), "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["passed"] is True

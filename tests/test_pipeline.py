@@ -1,0 +1,139 @@
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import onnxpress as ox
+from onnxpress import registry
+from onnxpress.errors import PassError, PipelineError
+from onnxpress.pipeline import ProgressEvent
+
+from conftest import ort_run
+
+
+class _ScaleWeights(ir.passes.InPlacePass):
+    """Multiplies every float initializer by ``factor`` (a lossy edit for tests)."""
+
+    def __init__(self, *, factor: float = 1.01, lossless: bool = False) -> None:
+        super().__init__()
+        self.factor = factor
+        self.lossless = lossless
+        self.statistics = {}
+
+    def call(self, model):
+        count = 0
+        for value in model.graph.initializers.values():
+            array = value.const_value.numpy()
+            if array.dtype == np.float32:
+                value.const_value = ir.tensor(array * np.float32(self.factor), name=value.name)
+                count += 1
+        self.statistics = {"scaled": count}
+        return ir.passes.PassResult(model, modified=count > 0)
+
+
+class _Breaker(ir.passes.InPlacePass):
+    """Rewires the first node to read a value no one produces: the checker must catch it."""
+
+    def call(self, model):
+        node = next(iter(model.graph))
+        node.replace_input_with(0, ir.Value(name="ghost"))
+        return ir.passes.PassResult(model, modified=True)
+
+
+class _Refuses(ir.passes.InPlacePass):
+    def requires(self, model):
+        raise ir.passes.PreconditionError("refuses: needs a Conv")
+
+    def call(self, model):
+        return ir.passes.PassResult(model, modified=False)
+
+
+class _Fails(ir.passes.InPlacePass):
+    def call(self, model):
+        raise PassError("fails: node 'h' cannot be handled")
+
+
+def test_records_describe_each_pass(small_model):
+    result = ox.Pipeline([ox.passes.Simplify(), _ScaleWeights(factor=2.0)]).run(small_model)
+    simplify, scale = result.records
+    assert simplify.name == "simplify" and simplify.modified and simplify.checked
+    assert simplify.nodes_before == 6 and simplify.nodes_after < 6
+    assert simplify.statistics["engine"] == "onnxsim"
+    assert simplify.accuracy["y"].max_abs <= 1e-6
+    assert scale.name == "_ScaleWeights" and scale.statistics == {"scaled": scale.statistics["scaled"]}
+    assert scale.params_before == scale.params_after and scale.bytes_before == scale.bytes_after
+    assert scale.cosine is not None and scale.max_abs > 0.1  # doubled weights move the output
+    assert result.golden_source == "generated"
+    table = result.table()
+    assert "simplify" in table and "_ScaleWeights" in table
+
+
+def test_the_input_model_is_left_unchanged(small_model):
+    feed = {"x": np.ones((1, 4), np.float32)}
+    before = ort_run(small_model, feed)[0]
+    nodes = [n.op_type for n in small_model.graph]
+    ox.Pipeline([ox.passes.Simplify(), _ScaleWeights(factor=3.0)]).run(small_model)
+    assert [n.op_type for n in small_model.graph] == nodes
+    np.testing.assert_array_equal(ort_run(small_model, feed)[0], before)
+
+
+def test_golden_outputs_come_from_calibration_when_given(small_model, rng):
+    calib = [{"x": rng.standard_normal((3, 4)).astype(np.float32)} for _ in range(5)]
+    result = ox.Pipeline([ox.passes.Simplify()], golden_samples=2).run(small_model, calibration=calib)
+    assert result.golden_source == "calibration"
+    assert result.records[0].accuracy["y"].elements == 2 * 3 * 3
+
+
+def test_a_lossless_pass_that_changes_outputs_fails_the_run(small_model):
+    with pytest.raises(PipelineError, match=r"pass '_ScaleWeights' is lossless but changed output 'y'"):
+        ox.Pipeline([_ScaleWeights(factor=1.01, lossless=True)]).run(small_model)
+    # Within tolerance it passes: a change of 1e-7 is float rounding.
+    ox.Pipeline([_ScaleWeights(factor=1.0 + 1e-7, lossless=True)]).run(small_model)
+
+
+def test_the_checker_names_the_pass_that_broke_the_model(small_model):
+    with pytest.raises(PipelineError, match=r"pass '_Breaker' fails the ONNX checker"):
+        ox.Pipeline([ox.passes.Simplify(), _Breaker()]).run(small_model)
+
+
+def test_pass_failures_are_reported_with_the_pass(small_model):
+    with pytest.raises(PipelineError, match=r"pass '_Refuses' cannot run on this model: .*needs a Conv"):
+        ox.Pipeline([_Refuses()]).run(small_model)
+    with pytest.raises(PassError, match="node 'h'"):
+        ox.Pipeline([_Fails()]).run(small_model)
+
+
+def test_checks_can_be_disabled(small_model):
+    result = ox.Pipeline([_Breaker()], check=False, golden_samples=0).run(small_model)
+    assert result.records[0].checked is False and result.records[0].accuracy is None
+    assert result.golden_source is None
+
+
+def test_progress_reports_start_and_end_of_every_pass(small_model):
+    events: list[ProgressEvent] = []
+    ox.Pipeline([ox.passes.Simplify(), _ScaleWeights()]).run(small_model, progress=events.append)
+    assert [(e.index, e.total, e.name, e.record is None) for e in events] == [
+        (0, 2, "simplify", True), (0, 2, "simplify", False),
+        (1, 2, "_ScaleWeights", True), (1, 2, "_ScaleWeights", False)]
+
+
+def test_bad_calibration_is_named(small_model):
+    with pytest.raises(ox.DataError, match=r"sample 0: missing input\(s\) \['x'\]"):
+        ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"y": np.zeros((1, 4), np.float32)}])
+    with pytest.raises(ox.DataError, match="input 'x' is float64"):
+        ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"x": np.zeros((1, 4))}])
+    with pytest.raises(ox.DataError, match="rank 1"):
+        ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"x": np.zeros(4, np.float32)}])
+
+
+def test_registered_names_are_used_in_records(small_model):
+    registry.register("scale_weights", _ScaleWeights)
+    try:
+        result = ox.Pipeline([_ScaleWeights()]).run(small_model)
+        assert result.records[0].name == "scale_weights"
+    finally:
+        registry._extra.pop("scale_weights")
+
+
+def test_non_passes_are_refused():
+    with pytest.raises(TypeError, match="not an onnx_ir pass"):
+        ox.Pipeline([lambda model: model])

@@ -1,0 +1,53 @@
+import sys
+import textwrap
+
+import onnx_ir as ir
+
+import onnxpress as ox
+from onnxpress import registry
+
+
+def test_builtin_passes_are_registered():
+    assert registry.available()["simplify"] is ox.passes.Simplify
+    assert registry.get("simplify") is ox.passes.Simplify
+    assert "fold_limit_bytes" in registry.options(ox.passes.Simplify)
+
+
+def test_third_party_passes_register_through_entry_points(tmp_path, monkeypatch, small_model):
+    (tmp_path / "thirdparty_pass.py").write_text(textwrap.dedent('''
+        import onnx_ir as ir
+
+        class Rename(ir.passes.InPlacePass):
+            """Renames the graph."""
+
+            def __init__(self, *, name: str = "renamed") -> None:
+                super().__init__()
+                self.name = name
+
+            def call(self, model):
+                changed = model.graph.name != self.name
+                model.graph.name = self.name
+                return ir.passes.PassResult(model, modified=changed)
+    '''))
+    dist = tmp_path / "thirdparty_pass-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-pass\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[onnxpress.passes]\nrename = thirdparty_pass:Rename\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    passes = registry.available()
+    assert "rename" in passes and passes["rename"].__name__ == "Rename"
+    recipe_pass = registry.create("rename", {"name": "hello"})
+    result = ox.Pipeline([recipe_pass]).run(small_model)
+    assert result.records[0].name == "rename" and result.model.graph.name == "hello"
+    sys.modules.pop("thirdparty_pass", None)
+
+
+def test_a_broken_entry_point_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
+    dist = tmp_path / "broken_pass-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-pass\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[onnxpress.passes]\nbroken = no_such_module:Thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    passes = registry.available()
+    assert "broken" not in passes and "simplify" in passes
+    assert "cannot be loaded" in caplog.text
