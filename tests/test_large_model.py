@@ -148,14 +148,22 @@ def _build_and_save(path: Path, x: np.ndarray) -> tuple[int, np.ndarray]:
     return weight_bytes, reference
 
 
-def test_model_over_2gb_loads_lazily_simplifies_saves_and_runs(tmp_path):
-    source = tmp_path / "src" / "big.onnx"
+@pytest.fixture
+def workdir(tmp_path):
+    yield tmp_path
+    # pytest keeps the folders of its last three runs: don't leave gigabytes of weights there.
+    for data in tmp_path.rglob("*.data"):
+        data.unlink()
+
+
+def test_model_over_2gb_loads_lazily_simplifies_saves_and_runs(workdir):
+    source = workdir / "src" / "big.onnx"
     source.parent.mkdir()
-    out_dir = tmp_path / "out"
+    out_dir = workdir / "out"
     out_dir.mkdir()
     out_path = out_dir / "simplified.onnx"
-    feed_path = tmp_path / "x.npy"
-    result_path = tmp_path / "y.npy"
+    feed_path = workdir / "x.npy"
+    result_path = workdir / "y.npy"
 
     x = np.random.default_rng(7).standard_normal((1, HIDDEN)).astype(np.float32)
     np.save(feed_path, x)
