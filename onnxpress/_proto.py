@@ -16,7 +16,7 @@ _MARGIN_BYTES = 64 * 2**20
 def weight_bytes(model: ir.Model) -> int:
     """Bytes held by tensors: initializers and tensor attributes of every graph and function."""
     total = 0
-    for graph in _graphs(model):
+    for graph in graphs(model):
         for value in graph.initializers.values():
             if value.const_value is not None:
                 total += value.const_value.nbytes
@@ -32,7 +32,8 @@ def fits_in_protobuf(model: ir.Model) -> bool:
     return weight_bytes(model) < PROTOBUF_LIMIT_BYTES - _MARGIN_BYTES
 
 
-def _graphs(model: ir.Model):
+def graphs(model: ir.Model):
+    """Every graph of the model: the main graph, subgraphs, and function bodies."""
     yield from model.graphs()
     for function in model.functions.values():
         yield function.graph
@@ -40,7 +41,7 @@ def _graphs(model: ir.Model):
 
 
 def _has_external(model: ir.Model) -> bool:
-    for graph in _graphs(model):
+    for graph in graphs(model):
         if any(isinstance(v.const_value, ir.ExternalTensor) for v in graph.initializers.values()):
             return True
         for node in graph:
@@ -62,7 +63,7 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     """
     if _has_external(model):
         model = model.clone()  # shares tensors; we only swap the references below
-        for graph in _graphs(model):
+        for graph in graphs(model):
             for value in graph.initializers.values():
                 if isinstance(value.const_value, ir.ExternalTensor):
                     value.const_value = _in_memory(value.const_value)

@@ -257,10 +257,25 @@ def save(model: ModelSource, path: str | os.PathLike, *, external_data: bool | N
         _fsync(dest.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    in_use = _external_files(model)
     for stale in previous_data - ({data_name} if data_name else set()):
-        (dest.parent / stale).unlink(missing_ok=True)
+        stale_path = (dest.parent / stale).resolve()
+        if stale_path in in_use:  # the model being saved still reads its weights from it
+            logger.warning("kept %s: the saved model was loaded from it and still uses it", stale_path)
+            continue
+        stale_path.unlink(missing_ok=True)
     logger.info("saved %s%s", dest, f" with external data {data_name}" if data_name else "")
     return dest
+
+
+def _external_files(model: ir.Model) -> set[Path]:
+    """Resolved paths of the files the model's lazy external tensors read from."""
+    files = set()
+    for graph in _proto.graphs(model):
+        tensors = [v.const_value for v in graph.initializers.values()]
+        tensors += [a.value for n in graph for a in n.attributes.values() if a.type == ir.AttributeType.TENSOR]
+        files.update(Path(t.path).resolve() for t in tensors if isinstance(t, ir.ExternalTensor))
+    return files
 
 
 def _our_data_files(dest: Path) -> set[str]:

@@ -188,3 +188,12 @@ def test_saving_a_loaded_model_does_not_touch_its_source(tmp_path, small_model):
     ox.save(model, tmp_path / "copy.onnx", external_data=True, size_threshold_bytes=0)
     assert [(p.name, p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(tmp_path.iterdir())
             if p.name.startswith("m.onnx")] == stamp
+
+
+def test_resaving_over_the_source_keeps_the_data_the_model_still_reads(tmp_path, small_model):
+    path = ox.save(small_model, tmp_path / "a.onnx", external_data=True, size_threshold_bytes=0)
+    model = ox.load(path)
+    ox.save(model, path, external_data=True, size_threshold_bytes=0)
+    feed = {"x": np.ones((1, 4), np.float32)}
+    np.testing.assert_array_equal(ort_run(model, feed)[0], ort_run(small_model, feed)[0])
+    np.testing.assert_array_equal(ort_run(ox.load(path), feed)[0], ort_run(small_model, feed)[0])
