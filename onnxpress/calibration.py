@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -141,5 +142,5 @@ def _read_npz(path: Path, keys: Sequence[str] | None = None) -> Feed:
             if missing:
                 raise DataError(f"{path}: no array(s) {missing}; it holds {sorted(data.files)}")
             return {name: data[name] for name in (keys or data.files)}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err

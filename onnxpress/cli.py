@@ -87,6 +87,10 @@ def _print_report(report, as_json: bool) -> None:
         print(f"output {name}: cosine {stats.cosine:.6f}, max-abs {stats.max_abs:.3g}")
     if report.top1_agreement is not None:
         print(f"top-1 agreement: {report.top1_agreement:.4f}")
+    if report.layerwise and report.layerwise["first_jump"]:
+        jump = report.layerwise["first_jump"]
+        print(f"layer-wise: error jumps at '{jump['tensor']}' ({jump['op_type']} '{jump['node']}', "
+              f"cosine {jump['cosine']:.6f})")
     for note in report.notes:
         print(f"note: {note}")
     verdict = "PASSED" if report.passed else "FAILED"
@@ -95,16 +99,36 @@ def _print_report(report, as_json: bool) -> None:
         print(f"  - {failure}")
 
 
+def _write_report(report, folder: str | None) -> None:
+    if folder:
+        paths = report.write(folder)
+        _err(f"report: {paths['html']} (also report.json, report.md)")
+    if report.bundle:
+        _err(f"edge bundle: {report.bundle['folder']} (model.ort, required_operators.config)")
+
+
 def _cmd_validate(args) -> int:
     from onnxpress.io import load
-    from onnxpress.validate import validate
+    from onnxpress.validate import save_golden, validate
 
     candidate = load(args.model)
+    if args.save_golden:
+        save_golden(candidate, _data(args.data) if args.data else _generated(candidate), args.save_golden)
+        print(f"saved golden inputs and outputs of {args.model} in {args.save_golden}")
+        return 0
     reference = load(args.reference) if args.reference else None
-    report = validate(candidate, reference, target=args.target, data=_data(args.data),
-                      allow_missing_provider=args.allow_missing_provider)
+    report = validate(candidate, reference, target=args.target, data=_data(args.data), golden=args.golden,
+                      allow_missing_provider=args.allow_missing_provider, layerwise=args.layerwise,
+                      bundle=args.bundle)
     _print_report(report, args.json)
+    _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _generated(model):
+    from onnxpress.runtime import random_feeds
+
+    return random_feeds(model, 8, seed=1)
 
 
 def _cmd_run(args) -> int:
@@ -129,10 +153,12 @@ def _cmd_run(args) -> int:
         return 0
     from onnxpress.validate import validate
 
-    report = validate(result.model, model, target=target, data=calibration,
-                      allow_missing_provider=args.allow_missing_provider)
+    bundle = args.bundle or output.with_name(output.stem + "_bundle")
+    report = validate(result.model, model, target=target, data=calibration, layerwise=args.layerwise,
+                      allow_missing_provider=args.allow_missing_provider, bundle=bundle)
     report.pipeline = result.to_dict()
     _print_report(report, False)
+    _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT
 
 
@@ -144,6 +170,7 @@ def _cmd_demo(args) -> int:
 
     _, report = run_demo(args.out, progress=_progress, say=say)
     _print_report(report, False)
+    _write_report(report, args.out)
     return 0 if report.passed else EXIT_FAILED_VERDICT
 
 
@@ -165,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--external-data", action="store_true", help="save tensors to an external data file")
     run.add_argument("--allow-missing-provider", action="store_true",
                      help="report a missing execution provider as a failed verdict, not an error")
+    run.add_argument("--report", help="folder for report.html, report.md and report.json")
+    run.add_argument("--layerwise", action="store_true", help="compare every shared intermediate tensor")
+    run.add_argument("--bundle", help="folder for the edge bundle (default: OUTPUT_bundle/ beside the output)")
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser("validate", help="check a model on a target against a reference")
@@ -174,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--data", help=".npz file or folder of them (default: generated inputs)")
     validate.add_argument("--json", action="store_true")
     validate.add_argument("--allow-missing-provider", action="store_true")
+    validate.add_argument("--golden", help="compare with the inputs and outputs stored by --save-golden")
+    validate.add_argument("--save-golden", metavar="FILE", help="store MODEL's outputs on --data (or generated "
+                          "inputs) in FILE and exit")
+    validate.add_argument("--layerwise", action="store_true", help="compare every shared intermediate tensor")
+    validate.add_argument("--report", help="folder for report.html, report.md and report.json")
+    validate.add_argument("--bundle", help="folder for the edge bundle (targets that ask for the ORT format)")
     validate.set_defaults(func=_cmd_validate)
 
     inspect = commands.add_parser("inspect", help="opsets, inputs, outputs, ops and parameters of a model")
@@ -190,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.set_defaults(func=_cmd_targets)
 
     demo = commands.add_parser("demo", help="run the default recipe on the bundled digits CNN")
-    demo.add_argument("--out", default="demo-out", help="folder for the compressed model")
+    demo.add_argument("--out", default="demo-out", help="folder for the compressed model and the report")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

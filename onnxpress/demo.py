@@ -31,6 +31,7 @@ def run_demo(out: str | Path, *, progress: Progress | None = None,
     eval_data, labels = samples.digits_eval()
     say(f"validating on target '{recipe.target or 'cpu'}' with {len(labels)} held-out digits ...")
     report = validate(result.model, reference=model, target=recipe.target or "cpu", data=eval_data,
-                      metric=lambda outputs: accuracy(outputs, labels), metric_name="accuracy")
+                      metric=lambda outputs: accuracy(outputs, labels), metric_name="accuracy",
+                      layerwise=True)
     report.pipeline = result.to_dict()
     return result, report

@@ -20,6 +20,8 @@ class ErrorStats:
 
     max_abs: float
     mean_abs: float
+    p50_abs: float
+    p90_abs: float
     p99_abs: float
     rel_max: float
     cosine: float
@@ -73,6 +75,8 @@ def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
     return ErrorStats(
         max_abs=max_abs,
         mean_abs=float(diff.mean()) if diff.size else 0.0,
+        p50_abs=float(np.quantile(diff, 0.5)) if diff.size else 0.0,
+        p90_abs=float(np.quantile(diff, 0.9)) if diff.size else 0.0,
         p99_abs=float(np.quantile(diff, 0.99)) if diff.size else 0.0,
         rel_max=max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf")),
         cosine=float(np.mean(cosines)) if cosines else 1.0,

@@ -67,6 +67,7 @@ class PassRecord:
     statistics: dict[str, Any] = field(default_factory=dict)
     accuracy: dict[str, ErrorStats] | None = None
     checked: bool = False
+    latency_ms: float | None = None
 
     @property
     def max_abs(self) -> float | None:
@@ -82,7 +83,7 @@ class PassRecord:
             "nodes_before": self.nodes_before, "nodes_after": self.nodes_after,
             "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
             "params_before": self.params_before, "params_after": self.params_after,
-            "statistics": self.statistics, "checked": self.checked,
+            "statistics": self.statistics, "checked": self.checked, "latency_ms": self.latency_ms,
             "accuracy": None if self.accuracy is None else {k: v.to_dict() for k, v in self.accuracy.items()},
         }
 
@@ -95,20 +96,22 @@ class PipelineResult:
     records: list[PassRecord]
     golden_source: str | None
     golden_note: str = ""
+    input_latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"golden_source": self.golden_source, "golden_note": self.golden_note,
-                "records": [r.to_dict() for r in self.records]}
+                "input_latency_ms": self.input_latency_ms, "records": [r.to_dict() for r in self.records]}
 
     def table(self) -> str:
         """A plain-text table of the records."""
-        header = ("pass", "time", "nodes", "weights", "params", "max-abs", "cosine")
+        header = ("pass", "time", "nodes", "weights", "params", "latency", "max-abs", "cosine")
         rows = [header]
         for r in self.records:
             rows.append((
                 r.name, f"{r.seconds:.2f}s", f"{r.nodes_before}->{r.nodes_after}",
                 f"{format_bytes(r.bytes_before)}->{format_bytes(r.bytes_after)}",
                 f"{r.params_before}->{r.params_after}",
+                "-" if r.latency_ms is None else f"{r.latency_ms:.3f}ms",
                 "-" if r.max_abs is None else f"{r.max_abs:.2e}",
                 "-" if r.cosine is None else f"{r.cosine:.6f}",
             ))
@@ -136,12 +139,15 @@ class Pipeline:
             accuracy contract); calibration samples when given, else generated.
         lossless_rtol, lossless_atol: how far a ``lossless`` pass may move an output:
             ``max|diff| <= atol + rtol * max|reference|``.
+        latency_runs: timed runs of the first golden input after each pass (a quick CPU
+            latency for the per-pass table and plots; 0 disables). ``validate`` measures
+            latency properly.
         calibration: default calibration source (a recipe's); ``run`` may override it.
         target: target profile name or path a recipe named (used by ``validate``).
     """
 
     def __init__(self, passes: Sequence[ir.passes.PassBase], *, check: bool = True, golden_samples: int = 4,
-                 lossless_rtol: float = 1e-4, lossless_atol: float = 1e-5,
+                 lossless_rtol: float = 1e-4, lossless_atol: float = 1e-5, latency_runs: int = 10,
                  calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
                  target: str | None = None) -> None:
         if golden_samples < 0:
@@ -151,7 +157,10 @@ class Pipeline:
                 raise TypeError(f"pipeline: {item!r} is not an onnx_ir pass")
         self.passes = list(passes)
         self.check = check
+        if latency_runs < 0:
+            raise ValueError(f"pipeline: latency_runs must be >= 0, got {latency_runs}")
         self.golden_samples = golden_samples
+        self.latency_runs = latency_runs
         self.lossless_rtol = lossless_rtol
         self.lossless_atol = lossless_atol
         self.calibration = calibration
@@ -183,9 +192,9 @@ class Pipeline:
         calib = from_feeds(calibration, name="calibration") if calibration is not None else None
         context = Context(calibration=calib)
         golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
-        golden_outputs = None
+        golden_outputs = input_latency = None
         if golden_feeds:
-            golden_outputs = self._run_checked(source, golden_feeds, "the input model")
+            golden_outputs, input_latency = self._run_checked(source, golden_feeds, "the input model")
         current = source.clone()
         records = []
         total = len(self.passes)
@@ -217,7 +226,8 @@ class Pipeline:
                 statistics=dict(getattr(item, "statistics", {}) or {}),
             )
             if self.check or golden_outputs is not None:
-                outputs = self._run_checked(current, golden_feeds or [], f"pass '{name}'", check=self.check)
+                outputs, record.latency_ms = self._run_checked(current, golden_feeds or [], f"pass '{name}'",
+                                                               check=self.check)
                 record.checked = self.check
                 if golden_outputs is not None:
                     record.accuracy = self._compare(golden_outputs, outputs, name)
@@ -227,7 +237,7 @@ class Pipeline:
             logger.info("pass %s: %.2fs, %d -> %d nodes", name, seconds, record.nodes_before, record.nodes_after)
             if progress:
                 progress(ProgressEvent(index, total, name, record))
-        return PipelineResult(current, records, golden_source, golden_note)
+        return PipelineResult(current, records, golden_source, golden_note, input_latency)
 
     def _golden_feeds(self, model: ir.Model, calib: Calibration | None):
         if self.golden_samples == 0:
@@ -244,10 +254,20 @@ class Pipeline:
             return [], None, f"accuracy not tracked: {err}"
         return feeds, "generated", f"{len(feeds)} inputs generated from the signature"
 
-    def _run_checked(self, model: ir.Model, feeds: list, who: str, *, check: bool = True) -> list[dict]:
+    def _run_checked(self, model: ir.Model, feeds: list, who: str, *,
+                     check: bool = True) -> tuple[list[dict], float | None]:
         try:
             with runtime.Session(model, check=check) as session:
-                return session.run_all(feeds)
+                outputs = session.run_all(feeds)
+                latency = None
+                if feeds and self.latency_runs:
+                    times = []
+                    for _ in range(self.latency_runs):
+                        tick = time.perf_counter()
+                        session.run(feeds[0])
+                        times.append((time.perf_counter() - tick) * 1e3)
+                    latency = float(np.median(times))
+                return outputs, latency
         except runtime.CheckFailed as err:
             raise PipelineError(f"{who} fails the ONNX checker: {err}") from err
         except runtime.ort_errors() as err:

@@ -31,7 +31,8 @@ from onnxpress import registry
 from onnxpress.errors import RecipeError
 
 _TOP_KEYS = {"description", "target", "pipeline", "calibration", "passes"}
-_PIPELINE_KEYS = {"check": bool, "golden_samples": int, "lossless_rtol": float, "lossless_atol": float}
+_PIPELINE_KEYS = {"check": bool, "golden_samples": int, "lossless_rtol": float, "lossless_atol": float,
+                  "latency_runs": int}
 _CALIBRATION_KEYS = {"source": str, "batch_size": int, "limit": int}
 
 

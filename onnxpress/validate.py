@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ import onnx_ir as ir
 
 from onnxpress import _proto, kernels, runtime
 from onnxpress.calibration import from_feeds
-from onnxpress.errors import ProviderError
+from onnxpress.errors import DataError, ProviderError
 from onnxpress.metrics import ErrorStats, compare, top1_agreement
 from onnxpress.targets import Target, load as load_target
 
@@ -69,6 +70,9 @@ class ValidationReport:
     unplaced: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     pipeline: dict[str, Any] | None = None
+    layerwise: dict[str, Any] | None = None
+    hardware: dict[str, Any] | None = None
+    bundle: dict[str, Any] | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -84,7 +88,8 @@ class ValidationReport:
             "top1_agreement": self.top1_agreement, "task_metric": self.task_metric,
             "latency": {k: v.to_dict() for k, v in self.latency.items()}, "speedup": self.speedup,
             "size": self.size, "peak_memory": self.peak_memory, "unplaced": self.unplaced,
-            "notes": self.notes, "pipeline": self.pipeline,
+            "notes": self.notes, "pipeline": self.pipeline, "layerwise": self.layerwise,
+            "hardware": self.hardware, "bundle": self.bundle,
         }
 
     def to_json(self) -> str:
@@ -111,7 +116,7 @@ class ValidationReport:
         lines = [f"# Validation on `{self.target}`: {'PASSED' if self.passed else 'FAILED'}", ""]
         if self.failures:
             lines += ["Failed criteria:", ""] + [f"- {f}" for f in self.failures] + [""]
-        lines += [f"Data: {self.data_source} ({self.samples} samples). Providers: {', '.join(self.providers)}.", ""]
+        lines += [f"Data: {self.data_source} ({self.samples} feeds). Providers: {', '.join(self.providers)}.", ""]
         rows = self.summary_rows()
         if rows:
             lines += ["| | reference | candidate |", "|---|---|---|"]
@@ -123,8 +128,47 @@ class ValidationReport:
             lines.append("")
         if self.top1_agreement is not None:
             lines += [f"Top-1 agreement: {self.top1_agreement:.4f}", ""]
+        if self.layerwise and self.layerwise.get("first_jump"):
+            jump = self.layerwise["first_jump"]
+            lines += [f"Layer-wise: the error jumps at `{jump['tensor']}` ({jump['op_type']} "
+                      f"`{jump['node']}`, cosine {jump['cosine']:.6f}): {self.layerwise['reason']}.", ""]
+        if self.pipeline:
+            lines += ["| pass | time | nodes | weights | max-abs | cosine |", "|---|---|---|---|---|---|"]
+            for r in self.pipeline["records"]:
+                worst = [v for v in (r["accuracy"] or {}).values()]
+                lines.append(f"| {r['name']} | {r['seconds']:.2f}s | {r['nodes_before']} -> {r['nodes_after']} | "
+                             f"{r['bytes_before']} -> {r['bytes_after']} | "
+                             + (f"{max(w['max_abs'] for w in worst):.3g} | {min(w['cosine'] for w in worst):.6f} |"
+                                if worst else "- | - |"))
+            lines.append("")
+        if self.bundle:
+            lines += [f"Edge bundle: `{self.bundle['folder']}` (model.ort {self.bundle['model_bytes']} bytes, "
+                      "required_operators.config).", ""]
+        if self.hardware:
+            q = self.hardware["quantization_defaults"]
+            lines += [f"Host CPU: {self.hardware['cpu']}; int8 defaults: activations {q['activation_type']}, "
+                      f"weights {q['weight_type']}, reduce_range {q['reduce_range']} ({q['reason']}).", ""]
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines).rstrip() + "\n"
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: verdict, tables and plots (see ``onnxpress.report``)."""
+        from onnxpress.report import render_html
+
+        return render_html(self)
+
+    def write(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """Write ``report.json``, ``report.md`` and ``report.html`` into ``folder``."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for suffix, text in (("json", self.to_json()), ("md", self.to_markdown()), ("html", self.to_html())):
+            path = out / f"report.{suffix}"
+            staged = out / f".report.{suffix}.tmp"
+            staged.write_text(text, encoding="utf-8")
+            os.replace(staged, path)
+            paths[suffix] = path
+        return paths
 
 
 def _mb(value: int | None) -> str:
@@ -138,7 +182,8 @@ def _ms(latency: Latency | None, key: str = "median_ms") -> str:
 def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | Target = "cpu",
              data: Iterable[Mapping[str, np.ndarray]] | None = None, metric: Metric | None = None,
              metric_name: str = "metric", measure_latency: bool = True, measure_memory: bool = True,
-             allow_missing_provider: bool = False) -> ValidationReport:
+             allow_missing_provider: bool = False, golden: str | os.PathLike | None = None,
+             layerwise: bool = False, bundle: str | os.PathLike | None = None) -> ValidationReport:
     """Validate ``model`` (the candidate) against ``reference`` on ``target``.
 
     Args:
@@ -152,6 +197,12 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         measure_latency, measure_memory: turn the timing and memory measurements off.
         allow_missing_provider: report a missing provider as a failed criterion instead of
             raising ``ProviderError``.
+        golden: a file ``save_golden`` wrote: its inputs are the data and its outputs the
+            reference (no reference model needed).
+        layerwise: also compare every intermediate tensor the two models share and name the
+            first layer where the error jumps.
+        bundle: where to write the deployment bundle of a target that asks for the ORT format
+            (the edge profile); skipped when omitted.
     """
     from onnxpress.io import load
 
@@ -169,7 +220,13 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         report.failures.append(message)
         return report
 
-    if data is not None:
+    golden_outputs = None
+    if golden is not None:
+        if data is not None:
+            raise DataError("validate: give either data or a golden file, not both")
+        feeds, golden_outputs = load_golden(golden)
+        report.data_source = f"golden file {Path(golden).name}"
+    elif data is not None:
         feeds = list(from_feeds(data, name="data"))
         report.data_source = "given data"
     else:
@@ -192,12 +249,37 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
                            inter_threads=profile.inter_op_threads, optimization=profile.optimization)
     candidate_outputs = _run(candidate, feeds, session_options, "candidate", report)
     reference_outputs = _run(ref_model, feeds, session_options, "reference", report) if ref_model else None
+    if golden_outputs is not None:
+        reference_outputs = golden_outputs
 
     if candidate_outputs is not None and reference_outputs is not None:
         _judge_accuracy(report, profile, reference_outputs, candidate_outputs, metric, metric_name)
+    if layerwise and ref_model is not None and candidate_outputs is not None and reference_outputs is not None:
+        from onnxpress.layerwise import compare_layers
+
+        result = compare_layers(ref_model, candidate, feeds, cosine_tolerance=profile.cosine,
+                                providers=profile.provider_list())
+        report.layerwise = result.to_dict()
+        if result.first_jump is not None and report.failures:
+            report.notes.append(f"layer-wise: the error jumps at '{result.first_jump.tensor}' "
+                                f"({result.first_jump.op_type} '{result.first_jump.node}')")
+    if "CPUExecutionProvider" == primary:
+        from onnxpress.hardware import cpu_capabilities, quantization_defaults
+
+        caps = cpu_capabilities()
+        report.hardware = {"cpu": caps.describe(), "capabilities": caps.to_dict(),
+                           "quantization_defaults": quantization_defaults(caps).to_dict()}
+    if profile.ort_format and bundle is not None and candidate_outputs is not None:
+        from onnxpress.bundle import write_edge_bundle
+
+        written = write_edge_bundle(candidate, bundle, optimization=profile.optimization, feeds=feeds[:4])
+        report.bundle = written.to_dict()
+        if written.min_cosine is not None and written.min_cosine < profile.cosine:
+            report.failures.append(f"the ORT-format model disagrees with the ONNX model (cosine "
+                                   f"{written.min_cosine:.6f})")
     if candidate_outputs is not None and measure_latency and feeds:
         report.latency["candidate"] = measure(candidate, feeds[0], profile)
-        if reference_outputs is not None:
+        if ref_model is not None and reference_outputs is not None:
             report.latency["reference"] = measure(ref_model, feeds[0], profile)
         if profile.latency_ms > 0 and report.latency["candidate"].median_ms > profile.latency_ms:
             report.failures.append(f"latency {report.latency['candidate'].median_ms:.3f} ms is over the "
@@ -210,7 +292,7 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
                                f"{profile.size_mb:g} MB")
     if measure_memory and candidate_outputs is not None and feeds:
         report.peak_memory["candidate"] = session_peak_memory(candidate, feeds[0], profile)
-        if reference_outputs is not None:
+        if ref_model is not None and reference_outputs is not None:
             report.peak_memory["reference"] = session_peak_memory(ref_model, feeds[0], profile)
     report.passed = not report.failures
     return report
@@ -240,10 +322,11 @@ def _judge_accuracy(report: ValidationReport, profile: Target, reference: list, 
         if stats.nonfinite > stats.ref_nonfinite:
             report.failures.append(f"output '{name}': {stats.nonfinite} NaN/Inf values (reference: "
                                    f"{stats.ref_nonfinite})")
-        if stats.cosine < profile.cosine:
-            report.failures.append(f"output '{name}': cosine {stats.cosine:.6f} < {profile.cosine:g}")
-        if profile.max_abs > 0 and stats.max_abs > profile.max_abs:
-            report.failures.append(f"output '{name}': max-abs error {stats.max_abs:.3g} > {profile.max_abs:g}")
+        cosine, max_abs = profile.tolerance(name, "cosine"), profile.tolerance(name, "max_abs")
+        if stats.cosine < cosine:
+            report.failures.append(f"output '{name}': cosine {stats.cosine:.6f} < {cosine:g}")
+        if max_abs > 0 and stats.max_abs > max_abs:
+            report.failures.append(f"output '{name}': max-abs error {stats.max_abs:.3g} > {max_abs:g}")
     first = next(iter(reference[0]))
     if profile.top1_agreement > 0 and np.asarray(reference[0][first]).ndim == 2 \
             and np.asarray(reference[0][first]).shape[-1] > 1:
@@ -325,3 +408,48 @@ def session_peak_memory(model: ir.Model, feed: Mapping[str, np.ndarray], profile
         logger.warning("peak memory not measured: %s", result.stderr.strip().splitlines()[-1:] or "probe failed")
         return 0
     return int(result.stdout.strip().splitlines()[-1])
+
+
+_GOLDEN_META = "__onnxpress_golden__"
+
+
+def save_golden(model: Any, data: Iterable[Mapping[str, np.ndarray]], path: str | os.PathLike) -> Path:
+    """Run ``model`` on ``data`` (CPU) and store inputs and outputs in one ``.npz`` for later checks."""
+    from onnxpress.io import load
+
+    model = load(model)
+    feeds = list(from_feeds(data, name="data"))
+    for i, feed in enumerate(feeds):
+        runtime.check_feed(model, feed, f"data: sample {i}")
+    outputs = runtime.run_model(model, feeds)
+    arrays: dict[str, np.ndarray] = {}
+    for i, (feed, output) in enumerate(zip(feeds, outputs)):
+        arrays.update({f"in{i}:{k}": np.asarray(v) for k, v in feed.items()})
+        arrays.update({f"out{i}:{k}": v for k, v in output.items()})
+    arrays[_GOLDEN_META] = np.array(json.dumps({"samples": len(feeds), "format": 1}))
+    target = Path(path)
+    staged = target.with_name(f".{target.name}.tmp.npz")
+    np.savez_compressed(staged, **arrays)
+    os.replace(staged, target)
+    return target
+
+
+def load_golden(path: str | os.PathLike) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """The (inputs, outputs) a golden file holds."""
+    source = Path(path)
+    try:
+        with np.load(source, allow_pickle=False) as data:
+            if _GOLDEN_META not in data.files:
+                raise DataError(f"{source}: not a golden file written by onnxpress (no {_GOLDEN_META})")
+            count = json.loads(str(data[_GOLDEN_META]))["samples"]
+            feeds: list[dict] = [{} for _ in range(count)]
+            outputs: list[dict] = [{} for _ in range(count)]
+            for key in data.files:
+                if key == _GOLDEN_META:
+                    continue
+                kind, _, name = key.partition(":")
+                index = int(kind[3:] if kind.startswith("out") else kind[2:])
+                (outputs if kind.startswith("out") else feeds)[index][name] = data[key]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"{source}: cannot read the golden file ({err})") from err
+    return feeds, outputs

@@ -23,6 +23,7 @@ _SECTIONS: dict[str, dict[str, type]] = {
     "budgets": {"latency_ms": float, "size_mb": float},
     "latency": {"warmup": int, "min_runs": int, "max_runs": int, "min_seconds": float},
     "recipe": {"precision": str},
+    "deploy": {"ort_format": bool},
 }
 _TOP = {"name": str, "description": str}
 _OPTIMIZATION = ("disable", "basic", "extended", "all")
@@ -51,6 +52,12 @@ class Target:
     max_runs: int = 1000
     min_seconds: float = 0.5
     precision: str = "fp32"
+    ort_format: bool = False
+    output_tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def tolerance(self, output: str, key: str) -> float:
+        """The tolerance ``key`` (``cosine`` or ``max_abs``) for one output: its own, else the profile's."""
+        return self.output_tolerances.get(output, {}).get(key, getattr(self, key))
 
     def provider_list(self) -> list[tuple[str, dict[str, str]]]:
         """Providers in order with their options, as ONNX Runtime takes them."""
@@ -86,6 +93,9 @@ def load(target: str | os.PathLike | Target) -> Target:
             if not isinstance(value, dict):
                 raise RecipeError(f"{path}: [{key}] must be a table")
             for sub, sub_value in value.items():
+                if key == "tolerances" and sub == "outputs":
+                    values["output_tolerances"] = _output_tolerances(sub_value, path)
+                    continue
                 if sub not in _SECTIONS[key]:
                     raise RecipeError(f"{path}: [{key}] unknown key '{sub}'; known: {', '.join(_SECTIONS[key])}")
                 values[sub] = _typed(sub_value, _SECTIONS[key][sub], f"{path}: [{key}] '{sub}'")
@@ -96,8 +106,27 @@ def load(target: str | os.PathLike | Target) -> Target:
     if values.get("optimization", "all") not in _OPTIMIZATION:
         raise RecipeError(f"{path}: [runtime] 'optimization' must be one of {', '.join(_OPTIMIZATION)}")
     values.setdefault("name", path.stem)
+    if "intra_op_threads" in values and values["intra_op_threads"] < 0:
+        raise RecipeError(f"{path}: [runtime] 'intra_op_threads' must be >= 0")
     values.setdefault("description", "")
     return Target(path=path, **values)
+
+
+def _output_tolerances(table: Any, path: Path) -> dict[str, dict[str, float]]:
+    """``[tolerances.outputs.NAME]`` tables: per-output ``cosine`` and ``max_abs``."""
+    if not isinstance(table, dict):
+        raise RecipeError(f"{path}: [tolerances.outputs] must be a table of output names")
+    result = {}
+    for output, values in table.items():
+        if not isinstance(values, dict):
+            raise RecipeError(f"{path}: [tolerances.outputs.{output}] must be a table")
+        unknown = set(values) - {"cosine", "max_abs"}
+        if unknown:
+            raise RecipeError(f"{path}: [tolerances.outputs.{output}] unknown key(s) {sorted(unknown)}; "
+                              "known: cosine, max_abs")
+        result[output] = {k: _typed(v, float, f"{path}: [tolerances.outputs.{output}] '{k}'")
+                          for k, v in values.items()}
+    return result
 
 
 def _typed(value: Any, want: type, where: str) -> Any:

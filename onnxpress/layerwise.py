@@ -1,0 +1,118 @@
+"""Layer-wise comparison: every intermediate tensor two models share, by name, in graph order.
+
+Both models are run with their intermediate float tensors exposed as outputs, one sample at a
+time (memory stays bounded by one sample's activations). The comparison names the first layer
+whose output falls below the cosine tolerance, or else where the error grows the most: that is
+where a pass went wrong.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxpress import runtime
+from onnxpress.metrics import error_stats
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Error of one shared intermediate tensor (mean over samples)."""
+
+    tensor: str
+    op_type: str
+    node: str
+    cosine: float
+    rel_max: float
+    max_abs: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerwiseResult:
+    layers: list[LayerError]
+    first_jump: LayerError | None
+    reason: str
+    shared: int
+    reference_only: int
+
+    def to_dict(self) -> dict:
+        return {"layers": [layer.to_dict() for layer in self.layers],
+                "first_jump": self.first_jump.to_dict() if self.first_jump else None,
+                "reason": self.reason, "shared": self.shared, "reference_only": self.reference_only}
+
+
+def _exposed(model: ir.Model) -> tuple[ir.Model, list[tuple[str, str, str]]]:
+    """A copy with every float intermediate of the main graph as an output; (name, op, node) in order."""
+    copy = model.clone()
+    try:
+        common_passes.ShapeInferencePass()(copy)
+    except ir.passes.PassError as err:  # best effort: values that already carry types still work
+        logger.warning("layerwise: shape inference failed (%s); comparing typed values only", err)
+    existing = {v.name for v in copy.graph.outputs}
+    order = []
+    for node in copy.graph:
+        for value in node.outputs:
+            if (value.name and value.dtype is not None and value.dtype.is_floating_point()
+                    and value.name not in existing):
+                copy.graph.outputs.append(value)
+                existing.add(value.name)
+                order.append((value.name, node.op_type, node.name or ""))
+    return copy, order
+
+
+def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], *,
+                   cosine_tolerance: float = 0.99, max_samples: int = 4,
+                   providers: Sequence = ("CPUExecutionProvider",)) -> LayerwiseResult:
+    """Compare every intermediate tensor ``reference`` and ``candidate`` share by name."""
+    ref_model, ref_order = _exposed(reference)
+    cand_model, cand_order = _exposed(candidate)
+    cand_names = {name for name, _, _ in cand_order}
+    shared = [(name, op, node) for name, op, node in ref_order if name in cand_names]
+    samples = list(feeds)[:max_samples]
+    if not shared or not samples:
+        return LayerwiseResult([], None, "the models share no intermediate tensor names" if not shared
+                               else "no samples", len(shared), len(ref_order) - len(shared))
+    per_layer: dict[str, list] = {name: [] for name, _, _ in shared}
+    # Basic optimisation only: fusions would swallow the tensors being compared.
+    with runtime.Session(ref_model, providers=providers, optimization="basic") as ref_session, \
+            runtime.Session(cand_model, providers=providers, optimization="basic") as cand_session:
+        for feed in samples:
+            ref_out = ref_session.run(feed)
+            cand_out = cand_session.run(feed)
+            for name, _, _ in shared:
+                if name in ref_out and name in cand_out and ref_out[name].shape == cand_out[name].shape:
+                    per_layer[name].append(error_stats([ref_out[name]], [cand_out[name]]))
+    layers = []
+    for name, op, node in shared:
+        stats = per_layer[name]
+        if stats:
+            layers.append(LayerError(name, op, node, float(np.mean([s.cosine for s in stats])),
+                                     float(np.mean([s.rel_max for s in stats])),
+                                     float(np.max([s.max_abs for s in stats]))))
+    first, reason = _first_jump(layers, cosine_tolerance)
+    return LayerwiseResult(layers, first, reason, len(shared), len(ref_order) - len(shared))
+
+
+def _first_jump(layers: list[LayerError], cosine_tolerance: float) -> tuple[LayerError | None, str]:
+    for layer in layers:
+        if layer.cosine < cosine_tolerance:
+            return layer, f"first tensor with cosine below {cosine_tolerance:g}"
+    worst, worst_growth, previous = None, 0.0, 0.0
+    for layer in layers:
+        error = 1.0 - layer.cosine
+        growth = error - previous
+        if growth > worst_growth:
+            worst, worst_growth = layer, growth
+        previous = max(previous, error)
+    if worst is None or worst_growth <= 1e-9:
+        return None, "no layer's error stands out"
+    return worst, "largest increase of (1 - cosine) over the layers before it"

@@ -1,0 +1,181 @@
+"""The HTML report: one self-contained page (inline CSS and SVG, no scripts, no downloads).
+
+It shows the verdict and every failed criterion, the reference/candidate table, per-output
+errors, the pipeline's per-pass table, and plots of size, latency and accuracy per pass and of
+the per-layer error when a layer-wise comparison ran.
+"""
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from onnxpress.validate import ValidationReport
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #dde}
+.verdict{display:inline-block;padding:.25em .8em;border-radius:4px;color:#fff;font-weight:600}
+.passed{background:#1f8a4c}.failed{background:#c0392b}
+table{border-collapse:collapse;margin:.6em 0} th,td{border:1px solid #d5d9e3;padding:.3em .7em;text-align:right}
+th{background:#f2f4f8} td:first-child,th:first-child{text-align:left}
+.plots{display:flex;flex-wrap:wrap;gap:1em} figure{margin:0} figcaption{font-size:.9em;color:#556}
+ul.failures li{color:#c0392b} .note{color:#556}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], css_id: str) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], unit: str, css_id: str,
+              width: int = 520, height: int = 260) -> str:
+    """An SVG bar chart with value labels."""
+    left, bottom, top = 56, 58, 40
+    plot_h = height - bottom - top
+    peak = max([v for v in values if v is not None] + [1e-12])
+    step = (width - left - 10) / max(1, len(values))
+    bars = []
+    for i, (label, value) in enumerate(zip(labels, values)):
+        x = left + i * step + step * 0.15
+        w = step * 0.7
+        h = 0 if value is None else plot_h * value / peak
+        y = top + plot_h - h
+        text = "n/a" if value is None else f"{value:.3g}"
+        bars.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="#3b6fb6">'
+                    f'<title>{_e(label)}: {text} {_e(unit)}</title></rect>'
+                    f'<text x="{x + w / 2:.1f}" y="{y - 4:.1f}" font-size="11" text-anchor="middle">{text}</text>'
+                    f'<text x="{x + w / 2:.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="end" '
+                    f'transform="rotate(-30 {x + w / 2:.1f} {height - bottom + 16})">{_e(label)}</text>')
+    axis = (f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" stroke="#888"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>'
+            f'<text x="{left - 6}" y="{top + 4}" font-size="11" text-anchor="end">{peak:.3g}</text>'
+            f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end">0</text>'
+            f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
+            f'text-anchor="middle">{_e(unit)}</text>')
+    return (f'<figure><svg id="{css_id}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{height}" role="img" aria-label="{_e(title)}"><text x="{width / 2}" y="18" font-size="13" '
+            f'text-anchor="middle" font-weight="600">{_e(title)}</text>{axis}{"".join(bars)}</svg>'
+            f'<figcaption>{_e(title)}</figcaption></figure>')
+
+
+def line_chart(title: str, labels: Sequence[str], values: Sequence[float], unit: str, css_id: str,
+               mark: int | None = None, width: int = 1060, height: int = 280) -> str:
+    """An SVG line chart over ``labels`` (for per-layer errors); ``mark`` highlights one point."""
+    left, bottom, top = 56, 40, 30
+    plot_h, plot_w = height - bottom - top, width - left - 20
+    low, high = min(values), max(values)
+    span = (high - low) or 1.0
+    xs = [left + plot_w * (i / max(1, len(values) - 1)) for i in range(len(values))]
+    ys = [top + plot_h * (1 - (v - low) / span) for v in values]
+    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+    dots = "".join(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{5 if i == mark else 2.5}" '
+                   f'fill="{"#c0392b" if i == mark else "#3b6fb6"}"><title>{_e(labels[i])}: {values[i]:.6g}</title></circle>'
+                   for i, (x, y) in enumerate(zip(xs, ys)))
+    marker = ""
+    if mark is not None:
+        marker = (f'<text x="{xs[mark]:.1f}" y="{ys[mark] - 10:.1f}" font-size="11" fill="#c0392b" '
+                  f'text-anchor="middle">{_e(labels[mark])}</text>')
+    axis = (f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>'
+            f'<text x="{left - 6}" y="{top + 4}" font-size="11" text-anchor="end">{high:.4g}</text>'
+            f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end">{low:.4g}</text>'
+            f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">layers in graph '
+            f'order ({len(values)})</text>'
+            f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
+            f'text-anchor="middle">{_e(unit)}</text>')
+    return (f'<figure><svg id="{css_id}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{height}" role="img" aria-label="{_e(title)}"><text x="{width / 2}" y="18" font-size="13" '
+            f'text-anchor="middle" font-weight="600">{_e(title)}</text>{axis}'
+            f'<polyline fill="none" stroke="#3b6fb6" stroke-width="1.5" points="{points}"/>{dots}{marker}</svg>'
+            f'<figcaption>{_e(title)}</figcaption></figure>')
+
+
+def _pipeline_section(pipeline: dict) -> str:
+    records = pipeline["records"]
+    rows = []
+    for r in records:
+        accuracy = r["accuracy"] or {}
+        rows.append((r["name"], f"{r['seconds']:.2f} s", f"{r['nodes_before']} → {r['nodes_after']}",
+                     f"{r['bytes_before'] / 2**20:.3f} → {r['bytes_after'] / 2**20:.3f} MB",
+                     f"{r['params_before']:,} → {r['params_after']:,}",
+                     "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f} ms",
+                     "-" if not accuracy else f"{max(a['max_abs'] for a in accuracy.values()):.3g}",
+                     "-" if not accuracy else f"{min(a['cosine'] for a in accuracy.values()):.6f}"))
+    table = _table(("pass", "time", "nodes", "weights", "parameters", "latency", "max-abs", "cosine"), rows,
+                   "pipeline-table")
+    stages = ["input"] + [r["name"] for r in records]
+    sizes = [records[0]["bytes_before"] / 2**20] + [r["bytes_after"] / 2**20 for r in records] if records else []
+    plots = [bar_chart("Weights after each pass", stages, sizes, "MB", "plot-size")] if records else []
+    latencies = [pipeline.get("input_latency_ms")] + [r.get("latency_ms") for r in records]
+    if records and any(v is not None for v in latencies):
+        plots.append(bar_chart("CPU latency after each pass (quick, median)", stages, latencies, "ms",
+                               "plot-latency"))
+    cosines = [min(a["cosine"] for a in r["accuracy"].values()) for r in records if r["accuracy"]]
+    if cosines:
+        labels = [r["name"] for r in records if r["accuracy"]]
+        plots.append(bar_chart("Output cosine vs the input model after each pass", labels, cosines, "cosine",
+                               "plot-accuracy"))
+    note = f'<p class="note">Golden inputs: {_e(pipeline.get("golden_note", ""))}.</p>'
+    return f"<h2>Pipeline</h2>{table}{note}<div class=\"plots\">{''.join(plots)}</div>"
+
+
+def render_html(report: "ValidationReport") -> str:
+    verdict = "PASSED" if report.passed else "FAILED"
+    parts = [f"<h1>onnxpress validation on <code>{_e(report.target)}</code></h1>",
+             f'<p><span id="verdict" class="verdict {verdict.lower()}">{verdict}</span> '
+             f"{_e(report.data_source)}, {report.samples} feeds; providers {_e(', '.join(report.providers))}</p>"]
+    if report.failures:
+        parts.append('<ul class="failures">' + "".join(f"<li>{_e(f)}</li>" for f in report.failures) + "</ul>")
+    rows = report.summary_rows()
+    if rows:
+        parts.append("<h2>Reference and candidate</h2>" + _table(("", "reference", "candidate"), rows, "summary-table"))
+        plots = []
+        if "reference" in report.size and "candidate" in report.size:
+            plots.append(bar_chart("Model size", ["reference", "candidate"],
+                                   [report.size["reference"] / 2**20, report.size["candidate"] / 2**20], "MB",
+                                   "plot-validate-size"))
+        if "reference" in report.latency and "candidate" in report.latency:
+            plots.append(bar_chart("Latency on the target (median)", ["reference", "candidate"],
+                                   [report.latency["reference"].median_ms, report.latency["candidate"].median_ms],
+                                   "ms", "plot-validate-latency"))
+        parts.append(f'<div class="plots">{"".join(plots)}</div>')
+    if report.metrics:
+        parts.append("<h2>Outputs</h2>" + _table(
+            ("output", "cosine", "max-abs", "mean-abs", "p50", "p90", "p99", "NaN/Inf"),
+            [(n, f"{s.cosine:.6f}", f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.p50_abs:.3g}",
+              f"{s.p90_abs:.3g}", f"{s.p99_abs:.3g}", s.nonfinite) for n, s in report.metrics.items()],
+            "outputs-table"))
+        if report.top1_agreement is not None:
+            parts.append(f"<p>Top-1 agreement: {report.top1_agreement:.4f}</p>")
+    if report.pipeline:
+        parts.append(_pipeline_section(report.pipeline))
+    if report.layerwise and report.layerwise["layers"]:
+        layers = report.layerwise["layers"]
+        jump = report.layerwise["first_jump"]
+        mark = next((i for i, layer in enumerate(layers) if jump and layer["tensor"] == jump["tensor"]), None)
+        parts.append("<h2>Per-layer error</h2>")
+        if jump:
+            parts.append(f"<p>The error jumps at <code>{_e(jump['tensor'])}</code> ({_e(jump['op_type'])} "
+                         f"<code>{_e(jump['node'])}</code>, cosine {jump['cosine']:.6f}): {_e(report.layerwise['reason'])}.</p>")
+        parts.append(line_chart("Cosine of each shared intermediate tensor", [layer["tensor"] for layer in layers],
+                                [layer["cosine"] for layer in layers], "cosine", "plot-layers", mark))
+    if report.bundle:
+        ops = "; ".join(f"{k}: {', '.join(v)}" for k, v in report.bundle["operators"].items())
+        parts.append(f"<h2>Edge bundle</h2><p><code>{_e(report.bundle['folder'])}</code>: model.ort "
+                     f"({report.bundle['model_bytes']:,} bytes), required_operators.config ({_e(ops)}).</p>")
+    if report.hardware:
+        q = report.hardware["quantization_defaults"]
+        parts.append(f"<h2>Host</h2><p>{_e(report.hardware['cpu'])}. int8 defaults: activations "
+                     f"{_e(q['activation_type'])}, weights {_e(q['weight_type'])}, reduce_range {q['reduce_range']} "
+                     f"({_e(q['reason'])}).</p>")
+    if report.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report.notes) + "</ul>")
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>onnxpress report: "
+            f"{_e(report.target)} {verdict}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
