@@ -245,8 +245,7 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         shown = "; ".join(report.unplaced[:5]) + (f"; and {len(unplaced) - 5} more" if len(unplaced) > 5 else "")
         report.failures.append(f"{len(unplaced)} node(s) cannot run on {primary}: {shown}")
 
-    session_options = dict(providers=profile.provider_list(), threads=profile.intra_op_threads,
-                           inter_threads=profile.inter_op_threads, optimization=profile.optimization)
+    session_options = _session_options(profile)
     candidate_outputs = _run(candidate, feeds, session_options, "candidate", report)
     reference_outputs = _run(ref_model, feeds, session_options, "reference", report) if ref_model else None
     if golden_outputs is not None:
@@ -296,6 +295,11 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
             report.peak_memory["reference"] = session_peak_memory(ref_model, feeds[0], profile)
     report.passed = not report.failures
     return report
+
+
+def _session_options(profile: Target) -> dict[str, Any]:
+    return dict(providers=profile.provider_list(), threads=profile.intra_op_threads,
+                inter_threads=profile.inter_op_threads, optimization=profile.optimization)
 
 
 def _run(model: ir.Model, feeds: list, options: dict, who: str, report: ValidationReport):
@@ -351,9 +355,7 @@ def model_size(model: ir.Model) -> int:
 
 def measure(model: ir.Model, feed: Mapping[str, np.ndarray], profile: Target) -> Latency:
     """Median and p90 latency: warm-up, then runs until both ``min_runs`` and ``min_seconds``."""
-    options = dict(providers=profile.provider_list(), threads=profile.intra_op_threads,
-                   inter_threads=profile.inter_op_threads, optimization=profile.optimization)
-    with runtime.Session(model, **options) as session:
+    with runtime.Session(model, **_session_options(profile)) as session:
         for _ in range(profile.warmup):
             session.run(feed)
         times = []

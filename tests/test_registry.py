@@ -7,6 +7,14 @@ import onnxpress as ox
 from onnxpress import registry
 
 
+def _distribution(folder, name: str, entry_points: str) -> None:
+    """A minimal installed distribution (dist-info) that declares ``entry_points``."""
+    dist = folder / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+
+
 def test_builtin_passes_are_registered():
     assert registry.available()["simplify"] is ox.passes.Simplify
     assert registry.get("simplify") is ox.passes.Simplify
@@ -29,10 +37,7 @@ def test_third_party_passes_register_through_entry_points(tmp_path, monkeypatch,
                 model.graph.name = self.name
                 return ir.passes.PassResult(model, modified=changed)
     '''))
-    dist = tmp_path / "thirdparty_pass-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-pass\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[onnxpress.passes]\nrename = thirdparty_pass:Rename\n")
+    _distribution(tmp_path, "thirdparty_pass", "[onnxpress.passes]\nrename = thirdparty_pass:Rename\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     passes = registry.available()
     assert "rename" in passes and passes["rename"].__name__ == "Rename"
@@ -43,10 +48,7 @@ def test_third_party_passes_register_through_entry_points(tmp_path, monkeypatch,
 
 
 def test_a_broken_entry_point_is_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
-    dist = tmp_path / "broken_pass-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-pass\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[onnxpress.passes]\nbroken = no_such_module:Thing\n")
+    _distribution(tmp_path, "broken_pass", "[onnxpress.passes]\nbroken = no_such_module:Thing\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     passes = registry.available()
     assert "broken" not in passes and "simplify" in passes
