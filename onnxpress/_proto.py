@@ -108,3 +108,13 @@ def check_path(path: str, *, full: bool = True) -> None:
 
 CheckerError = onnx.checker.ValidationError
 ShapeInferenceError = onnx.shape_inference.InferenceError
+
+
+def convert_opset(model: ir.Model, version: int) -> ir.Model:
+    """The model converted to default-domain opset ``version`` by ONNX's version converter."""
+    import onnx.version_converter
+
+    return from_proto(onnx.version_converter.convert_version(to_proto(model), version))
+
+
+ConversionError = (onnx.checker.ValidationError, RuntimeError, ValueError, IndexError)

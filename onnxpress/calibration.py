@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -144,3 +145,135 @@ def _read_npz(path: Path, keys: Sequence[str] | None = None) -> Feed:
             return {name: data[name] for name in (keys or data.files)}
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: not a readable .npz file ({err})") from err
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How images become a model input.
+
+    Args:
+        size: resize so the shorter side is ``size`` (an int) or to exactly ``[height, width]``.
+        crop: centre crop to ``[height, width]`` after resizing (None: no crop).
+        color: ``RGB``, ``BGR`` or ``L`` (grey).
+        scale: multiply pixel values (0..255) by this first (1/255 maps to 0..1).
+        mean, std: per channel, applied after scaling: ``(x * scale - mean) / std``.
+        layout: ``NCHW`` or ``NHWC``.
+        dtype: ``float32``, ``float16`` or ``uint8`` (uint8 skips scale/mean/std).
+    """
+
+    size: int | tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.color not in ("RGB", "BGR", "L"):
+            raise ValueError(f"images: color must be RGB, BGR or L, got {self.color!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"images: layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.dtype not in ("float32", "float16", "uint8"):
+            raise ValueError(f"images: dtype must be float32, float16 or uint8, got {self.dtype!r}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("images: std must not contain 0")
+
+    def apply(self, image) -> np.ndarray:
+        """One PIL image to an array with a leading batch axis of 1."""
+        from PIL import Image
+
+        image = image.convert("L" if self.color == "L" else "RGB")
+        if self.size is not None:
+            if isinstance(self.size, int):
+                ratio = self.size / min(image.size)
+                target = (max(1, round(image.size[0] * ratio)), max(1, round(image.size[1] * ratio)))
+            else:
+                target = (int(self.size[1]), int(self.size[0]))
+            image = image.resize(target, Image.BILINEAR)
+        if self.crop is not None:
+            height, width = int(self.crop[0]), int(self.crop[1])
+            left = max(0, (image.size[0] - width) // 2)
+            top = max(0, (image.size[1] - height) // 2)
+            image = image.crop((left, top, left + width, top + height))
+        array = np.asarray(image)
+        array = array[..., None] if array.ndim == 2 else array
+        if self.color == "BGR":
+            array = array[..., ::-1]
+        if self.dtype == "uint8":
+            out = array.astype(np.uint8)
+        else:
+            out = (array.astype(np.float32) * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+            out = out.astype(self.dtype)
+        if self.layout == "NCHW":
+            out = np.transpose(out, (2, 0, 1))
+        return np.ascontiguousarray(out[None])
+
+
+def from_images(folder: str | os.PathLike, input_name: str, spec: ImageSpec | None = None, *,
+                limit: int | None = None) -> Calibration:
+    """One feed per image file in ``folder`` (name order), preprocessed by ``spec``."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as err:
+        raise DataError("images: reading images needs Pillow (pip install onnxpress[images])") from err
+    source = Path(folder)
+    if not source.is_dir():
+        raise DataError(f"{source}: not a folder of images")
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{source}: no image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+    files = files[:limit] if limit is not None else files
+    spec = spec or ImageSpec()
+
+    def read():
+        for file in files:
+            try:
+                with Image.open(file) as image:
+                    yield {input_name: spec.apply(image)}
+            except (OSError, UnidentifiedImageError) as err:
+                raise DataError(f"{file}: not a readable image ({err})") from err
+
+    return Calibration(read, length=len(files), name=str(source))
+
+
+def from_dataloader(loader: Iterable, input_names: Sequence[str], *, limit: int | None = None) -> Calibration:
+    """Feeds from a torch ``DataLoader`` (or any iterable of batches).
+
+    A batch that is a mapping keeps the keys named in ``input_names``; a tuple or list gives its
+    first ``len(input_names)`` items to those names in order (labels after them are ignored);
+    a single tensor goes to the only input. Tensors become numpy arrays.
+    """
+    names = list(input_names)
+    if not names:
+        raise ValueError("from_dataloader: input_names must name at least one input")
+
+    def convert(item):
+        return item.detach().cpu().numpy() if hasattr(item, "detach") else np.asarray(item)
+
+    def batches():
+        for index, batch in enumerate(loader):
+            if limit is not None and index >= limit:
+                return
+            if isinstance(batch, Mapping):
+                missing = [n for n in names if n not in batch]
+                if missing:
+                    raise DataError(f"dataloader: batch {index} has no {missing}; it has {sorted(batch)}")
+                yield {n: convert(batch[n]) for n in names}
+            elif isinstance(batch, (tuple, list)):
+                if len(batch) < len(names):
+                    raise DataError(f"dataloader: batch {index} has {len(batch)} items for inputs {names}")
+                yield {n: convert(item) for n, item in zip(names, batch)}
+            else:
+                if len(names) != 1:
+                    raise DataError(f"dataloader: batch {index} is one tensor but the inputs are {names}")
+                yield {names[0]: convert(batch)}
+
+    length = None
+    if hasattr(loader, "__len__"):
+        length = len(loader) if limit is None else min(len(loader), limit)
+    return Calibration(batches, length=length, name="dataloader")

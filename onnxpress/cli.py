@@ -28,6 +28,9 @@ def _err(line: str) -> None:
 
 def _progress(event) -> None:
     prefix = f"[{event.index + 1}/{event.total}] {event.name}"
+    if event.message:
+        _err(f"{prefix}: {event.message}")
+        return
     if event.record is None:
         _err(f"{prefix} ...")
         return

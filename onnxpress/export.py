@@ -5,7 +5,7 @@ import io
 import json
 import logging
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -20,6 +20,7 @@ EXPORT_METADATA_KEY = "onnxpress.export"
 
 def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset: int = 18,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+           dynamic_dims: Mapping[str, Mapping[int, str]] | None = None,
            rtol: float = 1e-3, atol: float = 1e-4, exporter: str = "auto") -> ir.Model:
     """Export ``module`` to ONNX and check the export against torch.
 
@@ -35,6 +36,8 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
         dynamic_batch: make the first axis of every input and output dynamic.
         opset: the default-domain opset version to target.
         input_names, output_names: names for the graph's inputs and outputs.
+        dynamic_dims: more dynamic axes by input name, e.g. ``{"input_ids": {1: "sequence"}}``
+            (inputs sharing a dimension name share the dimension).
         rtol, atol: the export fails when ``max|onnx - torch| > atol + rtol * max|torch|``.
         exporter: ``auto``, ``dynamo`` or ``torchscript``.
 
@@ -62,7 +65,7 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
     used = None
     if exporter in ("auto", "dynamo"):
         try:
-            model = _dynamo(module, args, names, out_names, dynamic_batch, opset)
+            model = _dynamo(module, args, names, out_names, _axes(names, args, dynamic_batch, dynamic_dims), opset)
             used = "dynamo"
         except Exception as err:  # the exporter raises many types; any failure means "fall back"
             failures.append(f"dynamo exporter: {type(err).__name__}: {_first_line(err)}")
@@ -70,7 +73,8 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
                            _first_line(err))
     if model is None and exporter in ("auto", "torchscript"):
         try:
-            model = _torchscript(module, args, names, out_names, dynamic_batch, opset)
+            model = _torchscript(module, args, names, out_names, _axes(names, args, dynamic_batch, dynamic_dims),
+                                 opset)
             used = "torchscript"
         except Exception as err:  # as above: report both exporters' failures together
             failures.append(f"TorchScript exporter: {type(err).__name__}: {_first_line(err)}")
@@ -85,9 +89,13 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
             checks.append((second, _as_list(module(*second))))
     worst = 0.0
     checked_batches = []
-    from onnxpress.runtime import Session
+    from onnxpress.runtime import Session, ort_errors
 
-    with Session(model) as session:
+    try:
+        session = Session(model)
+    except ort_errors() as err:
+        raise ExportError(f"export ({used}): ONNX Runtime cannot load the exported model: {_first_line(err)}") from err
+    with session:
         for inputs, expected in checks:
             feed = {n: a.detach().cpu().numpy() for n, a in zip(session.input_names, inputs)}
             outputs = session.run(feed)
@@ -146,17 +154,30 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(err).__name__
 
 
-def _dynamo(module, args, names, out_names, dynamic_batch, opset) -> ir.Model:
+def _axes(names, args, dynamic_batch, dynamic_dims) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    for name, arg in zip(names, args):
+        if dynamic_batch and arg.dim():
+            axes.setdefault(name, {})[0] = "batch"
+        for axis, dim_name in (dynamic_dims or {}).get(name, {}).items():
+            axes.setdefault(name, {})[int(axis)] = dim_name
+    unknown = set(dynamic_dims or {}) - set(names)
+    if unknown:
+        raise ExportError(f"export: dynamic_dims names unknown input(s) {sorted(unknown)}; inputs are {names}")
+    return axes
+
+
+def _dynamo(module, args, names, out_names, axes, opset) -> ir.Model:
     import torch
 
     export_args = args
     dynamic_shapes = None
-    if dynamic_batch:
-        batch = torch.export.Dim("batch")
-        dynamic_shapes = tuple({0: batch} if a.dim() else {} for a in args)
-        # torch.export specialises a size-1 dimension to the constant 1; export on batch 2.
-        if any(a.dim() and a.shape[0] == 1 for a in args):
-            export_args = tuple(_resize_batch(a, 2) for a in args)
+    if axes:
+        dims = {dim: torch.export.Dim(dim) for spec in axes.values() for dim in spec.values()}
+        dynamic_shapes = tuple({axis: dims[dim] for axis, dim in axes.get(n, {}).items()} for n in names)
+        # torch.export specialises a size-1 dimension to the constant 1; export on size 2 there.
+        if any(arg.shape[axis] == 1 for n, arg in zip(names, args) for axis in axes.get(n, {})):
+            export_args = tuple(_resize_axes(arg, axes.get(n, {})) for n, arg in zip(names, args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, export_args, dynamo=True, opset_version=opset,
@@ -165,14 +186,20 @@ def _dynamo(module, args, names, out_names, dynamic_batch, opset) -> ir.Model:
     return program.model
 
 
-def _torchscript(module, args, names, out_names, dynamic_batch, opset) -> ir.Model:
+def _resize_axes(tensor: Any, axes: Mapping[int, str]) -> Any:
+    for axis in axes:
+        if tensor.shape[axis] == 1:
+            tensor = tensor.repeat_interleave(2, dim=axis)
+    return tensor
+
+
+def _torchscript(module, args, names, out_names, axes, opset) -> ir.Model:
     import torch
 
     from onnxpress.io import load
 
-    axes = None
-    if dynamic_batch:
-        axes = {n: {0: "batch"} for n, a in zip(names, args) if a.dim()}
+    axes = dict(axes) or None
+    if axes and any(0 in spec for spec in axes.values()):
         axes.update({n: {0: "batch"} for n in out_names})
     buffer = io.BytesIO()
     with warnings.catch_warnings():

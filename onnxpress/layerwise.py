@@ -13,7 +13,6 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
 from onnxpress import runtime
 from onnxpress.metrics import error_stats
@@ -50,31 +49,12 @@ class LayerwiseResult:
                 "reason": self.reason, "shared": self.shared, "reference_only": self.reference_only}
 
 
-def _exposed(model: ir.Model) -> tuple[ir.Model, list[tuple[str, str, str]]]:
-    """A copy with every float intermediate of the main graph as an output; (name, op, node) in order."""
-    copy = model.clone()
-    try:
-        common_passes.ShapeInferencePass()(copy)
-    except ir.passes.PassError as err:  # best effort: values that already carry types still work
-        logger.warning("layerwise: shape inference failed (%s); comparing typed values only", err)
-    existing = {v.name for v in copy.graph.outputs}
-    order = []
-    for node in copy.graph:
-        for value in node.outputs:
-            if (value.name and value.dtype is not None and value.dtype.is_floating_point()
-                    and value.name not in existing):
-                copy.graph.outputs.append(value)
-                existing.add(value.name)
-                order.append((value.name, node.op_type, node.name or ""))
-    return copy, order
-
-
 def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], *,
                    cosine_tolerance: float = 0.99, max_samples: int = 4,
                    providers: Sequence = ("CPUExecutionProvider",)) -> LayerwiseResult:
     """Compare every intermediate tensor ``reference`` and ``candidate`` share by name."""
-    ref_model, ref_order = _exposed(reference)
-    cand_model, cand_order = _exposed(candidate)
+    ref_model, ref_order = runtime.expose_intermediates(reference)
+    cand_model, cand_order = runtime.expose_intermediates(candidate)
     cand_names = {name for name, _, _ in cand_order}
     shared = [(name, op, node) for name, op, node in ref_order if name in cand_names]
     samples = list(feeds)[:max_samples]

@@ -30,19 +30,86 @@ Progress = Callable[["ProgressEvent"], None]
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """What a progress display is told: a pass starts (``record`` is None) or ends."""
+    """What a progress display is told: a pass starts (no record, no message), reports
+    progress (``message``) or ends (``record``)."""
 
     index: int
     total: int
     name: str
     record: "PassRecord | None" = None
+    message: str = ""
+
+
+Metric = Callable[[Sequence[Mapping[str, np.ndarray]]], float]
 
 
 @dataclass
 class Context:
-    """What the pipeline hands to passes that ask for it (a ``context`` attribute)."""
+    """What the pipeline hands to passes that ask for it (a ``context`` attribute).
+
+    Passes never build sessions: they ask the context to collect statistics, run or time a
+    model. ``evaluation`` is held-out data for accuracy decisions; when none is given it is the
+    last fifth of the calibration source (which then calibrates on the rest).
+    """
 
     calibration: Calibration | None = None
+    evaluation: Calibration | None = None
+    metric: Metric | None = None
+    target: Any = None
+    notify: Callable[[str], None] | None = None
+
+    @classmethod
+    def build(cls, calibration: Calibration | None, evaluation: Calibration | None = None, **kwargs) -> "Context":
+        if calibration is not None and evaluation is None and len(calibration) >= 10:
+            calibration, evaluation = calibration.split(0.8)
+        return cls(calibration=calibration, evaluation=evaluation, **kwargs)
+
+    def say(self, message: str) -> None:
+        logger.info("%s", message)
+        if self.notify:
+            self.notify(message)
+
+    def collect(self, model: ir.Model, **options: Any):
+        """Activation statistics of ``model`` over the calibration data (see ``onnxpress.statistics``)."""
+        from onnxpress.statistics import collect
+
+        if self.calibration is None:
+            raise DataError("this pass needs calibration data")
+        return collect(model, self.calibration, providers=self._providers(), **options)
+
+    def outputs(self, model: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]] | None = None) -> list[dict]:
+        """The model's outputs on ``feeds`` (default: the evaluation data)."""
+        feeds = list(feeds if feeds is not None else (self.evaluation or self.calibration or []))
+        with runtime.Session(model, providers=self._providers()) as session:
+            return session.run_all(feeds)
+
+    def score(self, reference_outputs: list[dict], candidate: ir.Model) -> dict[str, float]:
+        """``cosine``: the worst output's mean cosine vs the reference outputs on the evaluation
+        data; ``metric_drop``: the task metric's drop, when a metric is set."""
+        outputs = self.outputs(candidate)
+        stats = compare(reference_outputs, outputs)
+        result = {"cosine": min(s.cosine for s in stats.values())}
+        if self.metric is not None:
+            result["metric_drop"] = float(self.metric(reference_outputs)) - float(self.metric(outputs))
+        return result
+
+    def latency(self, model: ir.Model) -> float:
+        """Median latency (ms) of one evaluation feed with the target's session options."""
+        from onnxpress import targets
+        from onnxpress.validate import measure
+
+        source = self.evaluation or self.calibration
+        feed = source.take(1)[0] if source is not None else runtime.random_feeds(model, 1)[0]
+        return measure(model, feed, targets.load(self.target or "cpu")).median_ms
+
+    def compare_layers(self, reference: ir.Model, candidate: ir.Model, samples: int = 4):
+        from onnxpress.layerwise import compare_layers
+
+        feeds = (self.evaluation or self.calibration).take(samples)
+        return compare_layers(reference, candidate, feeds, providers=self._providers())
+
+    def _providers(self):
+        return ("CPUExecutionProvider",)
 
 
 def parameter_count(model: ir.Model) -> int:
@@ -183,14 +250,23 @@ class Pipeline:
         return type(item).__name__
 
     def run(self, model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
-            *, progress: Progress | None = None) -> PipelineResult:
-        """Run every pass on a copy of ``model``; the input model is left as it was."""
+            *, evaluation: Iterable[Mapping[str, np.ndarray]] | None = None, metric: Metric | None = None,
+            progress: Progress | None = None) -> PipelineResult:
+        """Run every pass on a copy of ``model``; the input model is left as it was.
+
+        Args:
+            calibration: feeds for passes that calibrate, and for the golden outputs.
+            evaluation: held-out feeds for accuracy decisions (default: a fifth of calibration).
+            metric: a task metric over a model's outputs on the evaluation feeds (higher is better).
+            progress: called when a pass starts and ends, and with messages from long passes.
+        """
         from onnxpress.io import load
 
         source = load(model)
         calibration = calibration if calibration is not None else self.calibration
         calib = from_feeds(calibration, name="calibration") if calibration is not None else None
-        context = Context(calibration=calib)
+        held_out = from_feeds(evaluation, name="evaluation") if evaluation is not None else None
+        context = Context.build(calib, held_out, metric=metric, target=self.target)
         golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
         golden_outputs = input_latency = None
         if golden_feeds:
@@ -204,6 +280,8 @@ class Pipeline:
                 progress(ProgressEvent(index, total, name))
             if hasattr(item, "context"):
                 item.context = context
+            context.notify = (lambda message, i=index, n=name: progress(ProgressEvent(i, total, n, message=message))
+                              ) if progress else None
             before = (node_count(current), _proto.weight_bytes(current), parameter_count(current))
             start = time.perf_counter()
             try:

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "onnxpress.passes"
 
 _BUILTIN = {
     "simplify": "onnxpress.passes.simplify:Simplify",
+    "quantize": "onnxpress.passes.quantize:Quantize",
 }
 
 _extra: dict[str, type] = {}

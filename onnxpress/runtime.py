@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from onnxpress import _proto
 from onnxpress.errors import DataError, ProviderError
@@ -236,3 +237,38 @@ def ort_errors() -> tuple[type[BaseException], ...]:
     names = ("Fail", "InvalidGraph", "InvalidArgument", "NoSuchFile", "RuntimeException",
              "NotImplemented", "EPFail", "InvalidProtobuf", "EngineError")
     return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError,)
+
+
+def expose_intermediates(model: ir.Model, names: Iterable[str] | None = None,
+                         include_inputs: bool = False) -> tuple[ir.Model, list[tuple[str, str, str]]]:
+    """A copy with float intermediates of the main graph added as outputs.
+
+    Returns the copy and ``(tensor, op_type, node_name)`` for each exposed tensor in graph
+    order (``op_type`` is ``"input"`` for graph inputs). ``names`` restricts the tensors.
+    Types come from shape inference (best effort: values that already carry types still work).
+    """
+    copy = model.clone()
+    try:
+        common_passes.ShapeInferencePass()(copy)
+    except ir.passes.PassError as err:
+        logger.warning("shape inference failed (%s); exposing typed values only", err)
+    wanted = set(names) if names is not None else None
+    existing = {v.name for v in copy.graph.outputs}
+    order = []
+
+    def expose(value: ir.Value, op_type: str, node_name: str) -> None:
+        if (value.name and value.dtype is not None and value.dtype.is_floating_point()
+                and (wanted is None or value.name in wanted)):
+            if value.name not in existing and op_type != "input":  # inputs are read from the feed
+                copy.graph.outputs.append(value)
+                existing.add(value.name)
+            order.append((value.name, op_type, node_name))
+
+    if include_inputs:
+        for value in copy.graph.inputs:
+            if value.name not in copy.graph.initializers:
+                expose(value, "input", "")
+    for node in copy.graph:
+        for value in node.outputs:
+            expose(value, node.op_type, node.name or "")
+    return copy, order

@@ -1,4 +1,5 @@
 """Graph transforms, one module per pass (imported as ``onnxpress.passes``)."""
+from onnxpress.passes.quantize import Quantize
 from onnxpress.passes.simplify import Simplify
 
-__all__ = ["Simplify"]
+__all__ = ["Quantize", "Simplify"]

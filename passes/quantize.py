@@ -1,0 +1,436 @@
+"""Quantize: int8 weights and activations, static (QDQ) or dynamic, with accuracy and latency control."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxpress import _proto
+from onnxpress.errors import PassError
+from onnxpress.passes import _calibrated
+from onnxpress.passes._common import constant, fold_batchnorm, set_initializer
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["minmax", "percentile", "entropy"]
+Mode = Literal["auto", "static", "dynamic"]
+Preset = Literal["auto", "cnn", "transformer", "all"]
+
+# Ops whose cost dominates; the rest of a preset's op types only keep int8 flowing between them.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+TRANSFORMER_OPS = ("MatMul", "Gemm")
+_SUBGRAPH_OPS = ("If", "Loop", "Scan")
+MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
+_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class Quantize(ir.passes.FunctionalPass):
+    """Quantize weights to int8 per channel and activations to 8 bits, in ONNX Runtime's kernels.
+
+    ``static`` mode inserts QuantizeLinear/DequantizeLinear pairs (QDQ) with activation ranges
+    from the pipeline's activation statistics (``minmax``, ``percentile`` or ``entropy``), which
+    ONNX Runtime fuses into QLinearConv/QLinearMatMul. ``dynamic`` mode quantizes weights ahead
+    of time and activations at run time (MatMulInteger/DynamicQuantizeMatMul): the fast path for
+    transformers on CPUs. ONNX Runtime's quantizers do the node rewriting; this pass prepares
+    the model (opset >= 13, batch-norm folding, shape inference), computes the ranges, and
+    controls accuracy and speed:
+
+    - ``smoothquant``: migrate activation outliers into the weights (per input channel,
+      ``s = max|x|^a / max|w|^(1-a)``), with ``a`` searched on held-out data when not given.
+    - ``bias_correction``: shift Conv/Gemm biases by the mean error the quantized weights cause
+      on calibration activations (static mode).
+    - ``target_cosine`` / ``max_metric_drop``: accuracy-aware fallback: nodes are ranked by how
+      much error each adds (layer-wise comparison) and the fewest that meet the target are kept
+      in float (binary search, each step measured).
+    - ``latency_aware``: time the candidate on the target and keep in float the op groups where
+      int8 does not pay; if int8 is still slower than fp32, the model stays float (and says so).
+
+    Nodes inside If/Loop/Scan bodies stay float (ONNX Runtime's quantizers do not descend into
+    subgraphs); the statistics list every float node with its reason. Needs calibration data
+    from the pipeline for static mode, SmoothQuant, bias correction and fallback.
+
+    Options: ``method``, ``mode``, ``preset`` (``auto`` picks ``transformer`` when the graph has
+    LayerNormalization/Softmax, else ``cnn``), ``per_channel``, ``activation_type`` and
+    ``reduce_range`` (``auto``: what is fast on the host CPU), ``percentile``, ``op_types``,
+    ``include`` / ``exclude`` (node names or op types), ``calibration_samples``.
+    """
+
+    def __init__(self, *, method: Method = "percentile", mode: Mode = "auto", preset: Preset = "auto",
+                 per_channel: bool = True, activation_type: Literal["auto", "uint8", "int8"] = "auto",
+                 reduce_range: Literal["auto"] | bool = "auto", percentile: float = 99.999,
+                 op_types: list[str] | None = None, include: list[str] | None = None,
+                 exclude: list[str] | None = None, smoothquant: Literal["auto"] | bool = "auto",
+                 smoothquant_alpha: float | None = None, bias_correction: bool = True,
+                 target_cosine: float | None = None, max_metric_drop: float | None = None,
+                 latency_aware: bool = False, calibration_samples: int = 256,
+                 fold_batchnorm: bool = True) -> None:
+        super().__init__()
+        if method not in ("minmax", "percentile", "entropy"):
+            raise ValueError(f"quantize: method must be minmax, percentile or entropy, got {method!r}")
+        if mode not in ("auto", "static", "dynamic"):
+            raise ValueError(f"quantize: mode must be auto, static or dynamic, got {mode!r}")
+        if preset not in ("auto", "cnn", "transformer", "all"):
+            raise ValueError(f"quantize: preset must be auto, cnn, transformer or all, got {preset!r}")
+        if activation_type not in ("auto", "uint8", "int8"):
+            raise ValueError(f"quantize: activation_type must be auto, uint8 or int8, got {activation_type!r}")
+        if reduce_range not in ("auto", True, False):
+            raise ValueError(f"quantize: reduce_range must be 'auto', true or false, got {reduce_range!r}")
+        if not 50.0 < percentile <= 100.0:
+            raise ValueError(f"quantize: percentile must be in (50, 100], got {percentile}")
+        if smoothquant_alpha is not None and not 0.0 <= smoothquant_alpha <= 1.0:
+            raise ValueError(f"quantize: smoothquant_alpha must be in [0, 1], got {smoothquant_alpha}")
+        if target_cosine is not None and not 0.0 < target_cosine <= 1.0:
+            raise ValueError(f"quantize: target_cosine must be in (0, 1], got {target_cosine}")
+        if max_metric_drop is not None and max_metric_drop < 0:
+            raise ValueError(f"quantize: max_metric_drop must be >= 0, got {max_metric_drop}")
+        if calibration_samples < 1:
+            raise ValueError(f"quantize: calibration_samples must be >= 1, got {calibration_samples}")
+        self.method = method
+        self.mode = mode
+        self.preset = preset
+        self.per_channel = per_channel
+        self.activation_type = activation_type
+        self.reduce_range = reduce_range
+        self.percentile = percentile
+        self.op_types = list(op_types) if op_types is not None else None
+        self.include = list(include or [])
+        self.exclude = list(exclude or [])
+        self.smoothquant = smoothquant
+        self.smoothquant_alpha = smoothquant_alpha
+        self.bias_correction = bias_correction
+        self.target_cosine = target_cosine
+        self.max_metric_drop = max_metric_drop
+        self.latency_aware = latency_aware
+        self.calibration_samples = calibration_samples
+        self.fold_batchnorm = fold_batchnorm
+        self.context = None
+        self.statistics: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------- plan
+
+    def requires(self, model: ir.Model) -> None:
+        static = self._mode(self._preset(model)) == "static"
+        needs_data = static or self._accuracy_target() or self.latency_aware
+        if needs_data and (self.context is None or self.context.calibration is None):
+            raise ir.passes.PreconditionError(
+                "quantize: static mode, accuracy targets and latency-aware mode need calibration data "
+                "(run the pass in a Pipeline with calibration=...)")
+
+    def _accuracy_target(self) -> bool:
+        return self.target_cosine is not None or self.max_metric_drop is not None
+
+    def _preset(self, model: ir.Model) -> str:
+        if self.preset != "auto":
+            return self.preset
+        ops = {node.op_type for node in model.graph}
+        return "transformer" if ops & {"LayerNormalization", "Softmax", "Attention"} and "MatMul" in ops else "cnn"
+
+    def _mode(self, preset: str) -> str:
+        return self.mode if self.mode != "auto" else ("dynamic" if preset == "transformer" else "static")
+
+    def _hardware(self) -> tuple[str, bool]:
+        from onnxpress.hardware import quantization_defaults
+
+        defaults = quantization_defaults()
+        activation = defaults.activation_type if self.activation_type == "auto" else self.activation_type
+        reduce_range = defaults.reduce_range if self.reduce_range == "auto" else bool(self.reduce_range)
+        return activation, reduce_range
+
+    def _eligible(self, model: ir.Model, preset: str, mode: str) -> tuple[list[str], dict[str, str]]:
+        """Names of nodes to quantize, and nodes left float with the reason."""
+        op_types = set(self.op_types) if self.op_types is not None else (
+            set(TRANSFORMER_OPS) if preset == "transformer" or mode == "dynamic" else None)
+        chosen, floating = [], {}
+        for node in model.graph:
+            if node.op_type in _SUBGRAPH_OPS:
+                for inner in _subgraph_nodes(node):
+                    if inner.op_type in COMPUTE_OPS:
+                        floating[inner.name or inner.op_type] = (
+                            f"inside a {node.op_type} subgraph of '{node.name}': ONNX Runtime's quantizers "
+                            "do not descend into subgraphs")
+                continue
+            name = node.name
+            if name in self.exclude or node.op_type in self.exclude:
+                if node.op_type in COMPUTE_OPS:
+                    floating[name] = "excluded by the exclude option"
+                continue
+            if self.include and name not in self.include and node.op_type not in self.include:
+                continue
+            if op_types is not None and node.op_type not in op_types:
+                continue
+            if node.op_type in ("MatMul", "Gemm") and (preset == "transformer" or mode == "dynamic"):
+                weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+                if weight is None or weight.ndim != 2:
+                    floating[name] = "MatMul of two activations (kept float by the transformer preset)"
+                    continue
+            chosen.append(name)
+        return chosen, floating
+
+    # ------------------------------------------------------------------------------- call
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        prepared, prep_stats = self._prepare(model)
+        preset = self._preset(prepared)
+        mode = self._mode(preset)
+        activation, reduce_range = self._hardware()
+        if mode == "dynamic":
+            activation = "uint8"  # ONNX Runtime's dynamic kernels quantize activations to uint8
+        nodes, floating = self._eligible(prepared, preset, mode)
+        if not nodes:
+            raise PassError(f"quantize: no node to quantize (preset '{preset}', mode '{mode}')")
+        stats: dict[str, Any] = {"preset": preset, "mode": mode, "method": self.method if mode == "static" else None,
+                                 "activation_type": activation, "weight_type": "int8",
+                                 "reduce_range": reduce_range, "per_channel": self.per_channel, **prep_stats}
+        settings = dict(mode=mode, activation=activation, reduce_range=reduce_range)
+        context = self.context
+        reference = None
+        if context is not None and context.calibration is not None and (
+                self._accuracy_target() or self._search_alpha(preset)):
+            reference = context.outputs(prepared)
+        smooth = self._wants_smoothquant(preset)
+        if smooth:
+            prepared, alpha, tried = self._smooth(prepared, nodes, settings, reference)
+            stats["smoothquant_alpha"] = alpha
+            if tried:
+                stats["smoothquant_search"] = tried
+        ranges = None
+        if mode == "static":
+            ranges, corrected = self._calibrate(prepared, nodes, reduce_range)
+            stats["bias_corrected"] = corrected
+        candidate = self._quantize(prepared, nodes, ranges, settings)
+        if self._accuracy_target() and reference is not None:
+            candidate, nodes, fallback = self._fallback(prepared, candidate, nodes, ranges, settings, reference)
+            floating.update(fallback.pop("float_nodes"))
+            stats["fallback"] = fallback
+        if self.latency_aware and context is not None:
+            candidate, nodes, latency = self._latency(prepared, candidate, nodes, ranges, settings, floating)
+            stats["latency"] = latency
+        stats["quantized_nodes"] = len(nodes)
+        stats["float_nodes"] = floating
+        self.statistics = stats
+        logger.info("quantize: %d nodes quantized (%s, %s), %d left float", len(nodes), mode, preset, len(floating))
+        return ir.passes.PassResult(candidate, modified=True)
+
+    def _prepare(self, model: ir.Model) -> tuple[ir.Model, dict[str, Any]]:
+        """A copy at opset >= 13 with batch norms folded and shapes inferred."""
+        stats: dict[str, Any] = {}
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        if opset < MIN_OPSET:
+            try:
+                prepared = _proto.convert_opset(model, MIN_OPSET)
+            except _proto.ConversionError as err:
+                raise PassError(f"quantize: cannot upgrade the model from opset {opset} to {MIN_OPSET}: {err}") from err
+            stats["opset_upgraded"] = [opset, MIN_OPSET]
+        else:
+            prepared = model.clone()
+        if self.fold_batchnorm:
+            stats["batchnorm_folded"] = fold_batchnorm(prepared)
+        ir.passes.Sequential(common_passes.RemoveUnusedNodesPass(), common_passes.NameFixPass())(prepared)
+        try:
+            common_passes.ShapeInferencePass()(prepared)
+        except ir.passes.PassError as err:  # best effort: ORT's quantizer copes with partial shapes
+            logger.warning("quantize: shape inference failed (%s)", err)
+        return prepared, stats
+
+    def _wants_smoothquant(self, preset: str) -> bool:
+        if self.smoothquant == "auto":
+            return preset == "transformer" and self.context is not None and self.context.calibration is not None
+        if self.smoothquant and (self.context is None or self.context.calibration is None):
+            raise PassError("quantize: smoothquant needs calibration data")
+        return bool(self.smoothquant)
+
+    def _search_alpha(self, preset: str) -> bool:
+        return self._wants_smoothquant(preset) and self.smoothquant_alpha is None
+
+    def _smooth(self, model: ir.Model, nodes: list[str], settings: dict, reference):
+        groups = _calibrated.matmul_groups(model, set(nodes))
+        if not groups:
+            return model, None, []
+        stats = self.context.collect(model, tensors=list(groups), channel_axes={a: -1 for a in groups},
+                                     limit=self.calibration_samples)
+        if self.smoothquant_alpha is not None:
+            smoothed = model.clone()
+            _calibrated.smooth(smoothed, groups, stats, self.smoothquant_alpha)
+            return smoothed, self.smoothquant_alpha, []
+        tried, best = [], (None, -np.inf, model)
+        for alpha in _ALPHAS:
+            smoothed = model.clone()
+            _calibrated.smooth(smoothed, groups, stats, alpha)
+            candidate = self._quantize(smoothed, nodes, None if settings["mode"] == "dynamic" else
+                                       self._calibrate(smoothed, nodes, settings["reduce_range"])[0], settings)
+            cosine = self.context.score(reference, candidate)["cosine"]
+            tried.append({"alpha": alpha, "cosine": round(cosine, 6)})
+            self.context.say(f"smoothquant alpha {alpha}: cosine {cosine:.5f}")
+            if cosine > best[1]:
+                best = (alpha, cosine, smoothed)
+        return best[2], best[0], tried
+
+    def _calibrate(self, model: ir.Model, nodes: list[str], reduce_range: bool):
+        """Activation ranges for every float tensor (static mode), after bias correction.
+
+        Bias correction changes ``model``'s biases in place, so the ranges are collected last.
+        """
+        corrected = 0
+        if self.bias_correction:
+            by_name = {n.name: n for n in model.graph}
+            targets = [by_name[n] for n in nodes if n in by_name and by_name[n].op_type in ("Conv", "Gemm")]
+            probed = model.clone()
+            probed_nodes = {n.name: n for n in probed.graph}
+            probes = _calibrated.error_probes(probed, [probed_nodes[n.name] for n in targets], reduce_range)
+            if probes:
+                axes = {probe: 1 if by_name[name].op_type == "Conv" else -1 for name, probe in probes.items()}
+                shifts = self.context.collect(probed, tensors=list(axes), channel_axes=axes,
+                                              limit=self.calibration_samples)
+                corrected = _calibrated.correct_biases(model, targets, probes, shifts)
+        stats = self.context.collect(model, limit=self.calibration_samples)
+        return stats.ranges(self.method, self.percentile), corrected
+
+    def _quantize(self, model: ir.Model, nodes: list[str], ranges, settings: dict) -> ir.Model:
+        from onnxruntime.quantization.calibrate import TensorData, TensorsData, CalibrationMethod
+        from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
+
+        proto = _proto.to_proto(model)
+        weight = QuantType.QInt8
+        activation = QuantType.QInt8 if settings["activation"] == "int8" else QuantType.QUInt8
+        options = {"MatMulConstBOnly": True, "WeightSymmetric": True,
+                   "ActivationSymmetric": settings["activation"] == "int8"}
+        try:
+            if settings["mode"] == "dynamic":
+                from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+
+                quantizer = ONNXQuantizer(proto, self.per_channel, settings["reduce_range"], QuantizationMode.IntegerOps,
+                                          False, weight, QuantType.QUInt8, None, nodes, [], list(TRANSFORMER_OPS) +
+                                          ["Conv", "Gather", "Attention", "LSTM", "EmbedLayerNormalization"], options)
+            else:
+                from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+                data = {name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+                        for name, (low, high) in ranges.items()}
+                op_types = sorted({n.op_type for n in model.graph if n.name in set(nodes)})
+                quantizer = QDQQuantizer(proto, self.per_channel, settings["reduce_range"], weight, activation,
+                                         TensorsData(CalibrationMethod.MinMax, data), nodes, [], op_types, options)
+            quantizer.quantize_model()
+        except (ValueError, KeyError, RuntimeError, IndexError, TypeError, AssertionError) as err:
+            raise PassError(f"quantize: ONNX Runtime's quantizer failed: {type(err).__name__}: {err}") from err
+        result = _proto.from_proto(quantizer.model.model)
+        # ONNX Runtime's quantizers append nodes out of order; the ONNX spec wants them sorted.
+        ir.passes.Sequential(common_passes.TopologicalSortPass(), common_passes.RemoveUnusedNodesPass())(result)
+        return result
+
+    # --------------------------------------------------------------------- accuracy and speed
+
+    def _meets(self, score: dict[str, float]) -> bool:
+        ok = True
+        if self.target_cosine is not None:
+            ok &= score["cosine"] >= self.target_cosine
+        if self.max_metric_drop is not None:
+            if "metric_drop" not in score:
+                raise PassError("quantize: max_metric_drop needs a metric (Pipeline.run(..., metric=...))")
+            ok &= score["metric_drop"] <= self.max_metric_drop
+        return ok
+
+    def _fallback(self, prepared, candidate, nodes, ranges, settings, reference):
+        context = self.context
+        score = context.score(reference, candidate)
+        trials = [{"float": 0, **_rounded(score)}]
+        context.say(f"all {len(nodes)} nodes int8: cosine {score['cosine']:.5f}")
+        if self._meets(score):
+            return candidate, nodes, {"target_met": True, "trials": trials, "float_nodes": {}}
+        ranking = self._rank(prepared, candidate, nodes)
+        low, high, best = 0, len(ranking), None
+        while low < high:  # fewest nodes in float that meet the target, by measurement
+            middle = (low + high) // 2 if best is not None else max(1, min(len(ranking), 2 * max(1, low)))
+            keep = [n for n in nodes if n not in set(ranking[:middle])]
+            trial = self._quantize(prepared, keep, ranges, settings) if keep else prepared.clone()
+            score = context.score(reference, trial)
+            trials.append({"float": middle, **_rounded(score)})
+            context.say(f"{middle} node(s) float: cosine {score['cosine']:.5f}")
+            if self._meets(score):
+                best, high = (middle, trial, keep), middle
+            else:
+                low = middle + 1
+                if best is None and middle >= len(ranking):
+                    break
+        if best is None:
+            logger.warning("quantize: the accuracy target is not met even with every node in float")
+            return candidate, nodes, {"target_met": False, "trials": trials, "float_nodes": {}}
+        count, model, keep = best
+        floating = {n: f"accuracy-aware fallback: rank {i + 1} by added error" for i, n in enumerate(ranking[:count])}
+        return model, keep, {"target_met": True, "trials": trials, "float_nodes": floating}
+
+    def _rank(self, prepared: ir.Model, candidate: ir.Model, nodes: list[str]) -> list[str]:
+        """Quantized nodes by the error each adds: (1 - cosine) at its output minus at its inputs."""
+        result = self.context.compare_layers(prepared, candidate)
+        error = {layer.tensor: 1.0 - layer.cosine for layer in result.layers}
+        by_name = {n.name: n for n in prepared.graph}
+        added = {}
+        for name in nodes:
+            node = by_name[name]
+            out = error.get(node.outputs[0].name)
+            if out is None:
+                continue
+            before = max([error.get(v.name, 0.0) for v in node.inputs if v is not None] + [0.0])
+            added[name] = out - before
+        ranked = sorted(added, key=lambda n: -added[n])
+        return ranked + [n for n in nodes if n not in added]
+
+    def _latency(self, prepared, candidate, nodes, ranges, settings, floating):
+        context = self.context
+        fp32 = context.latency(prepared)
+        current = context.latency(candidate)
+        record = {"fp32_ms": round(fp32, 4), "int8_ms": round(current, 4), "groups_left_float": []}
+        context.say(f"latency fp32 {fp32:.3f} ms, int8 {current:.3f} ms")
+        by_name = {n.name: n for n in prepared.graph}
+        for group, members in _latency_groups(by_name, nodes).items():
+            keep = [n for n in nodes if n not in members]
+            if not keep:
+                continue
+            trial = self._quantize(prepared, keep, ranges, settings)
+            latency = context.latency(trial)
+            context.say(f"without int8 {group}: {latency:.3f} ms")
+            if latency < current * 0.97:  # a clear gain, beyond timing noise
+                candidate, nodes, current = trial, keep, latency
+                record["groups_left_float"].append(group)
+                floating.update({m: f"latency-aware: int8 {group} is slower on this target" for m in members})
+        record["final_ms"] = round(current, 4)
+        if current > fp32:
+            floating.update({n: "latency-aware: int8 is slower than fp32 on this target" for n in nodes})
+            record["kept_fp32"] = True
+            logger.warning("quantize: int8 is slower than fp32 here (%.3f > %.3f ms): model left float", current, fp32)
+            return prepared, [], record
+        return candidate, nodes, record
+
+
+def _rounded(score: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 6) for k, v in score.items()}
+
+
+def _subgraph_nodes(node: ir.Node):
+    for attr in node.attributes.values():
+        graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else (
+            list(attr.value) if attr.type == ir.AttributeType.GRAPHS else [])
+        for graph in graphs:
+            yield from graph.all_nodes()
+
+
+def _latency_groups(by_name: dict[str, ir.Node], nodes: list[str]) -> dict[str, set[str]]:
+    """Quantized nodes grouped by kind: depthwise convs, small convs, other convs, each op type."""
+    groups: dict[str, set[str]] = {}
+    for name in nodes:
+        node = by_name.get(name)
+        if node is None:
+            continue
+        kind = node.op_type
+        if node.op_type == "Conv":
+            weight = constant(node.inputs[1])
+            group_attr = node.attributes.get("group")
+            group = group_attr.value if group_attr is not None else 1
+            if weight is not None and group > 1 and group == weight.shape[0]:
+                kind = "depthwise Conv"
+            elif weight is not None and weight[0].size * weight.shape[0] < 4096:
+                kind = "small Conv"
+        groups.setdefault(kind, set()).add(name)
+    return groups
