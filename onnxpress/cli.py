@@ -92,8 +92,8 @@ def _print_report(report, as_json: bool) -> None:
         print(f"top-1 agreement: {report.top1_agreement:.4f}")
     if report.layerwise and report.layerwise["first_jump"]:
         jump = report.layerwise["first_jump"]
-        print(f"layer-wise: error jumps at '{jump['tensor']}' ({jump['op_type']} '{jump['node']}', "
-              f"cosine {jump['cosine']:.6f})")
+        print(f"layer-wise: '{jump['tensor']}' ({jump['op_type']} '{jump['node']}', cosine {jump['cosine']:.6f}): "
+              f"{report.layerwise['reason']}")
     for note in report.notes:
         print(f"note: {note}")
     verdict = "PASSED" if report.passed else "FAILED"
@@ -146,7 +146,7 @@ def _cmd_run(args) -> int:
     pipeline = recipe.pipeline()
     if args.no_check:
         pipeline.check = False
-    calibration = _data(args.calibration)
+    calibration = _data(args.calibration) if args.calibration else pipeline.calibration
     result = pipeline.run(model, calibration, progress=_progress)
     print(result.table())
     save(result.model, output, external_data=True if args.external_data else None)

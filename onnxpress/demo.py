@@ -28,7 +28,7 @@ def run_demo(out: str | Path, *, progress: Progress | None = None,
     output = save(result.model, folder / "digits_cnn.onnx")
     say(result.table())
     say(f"saved:  {output}")
-    eval_data, labels = samples.digits_eval()
+    eval_data, labels = samples.digits_eval(batch_size=1)  # latency as deployed: one image
     say(f"validating on target '{recipe.target or 'cpu'}' with {len(labels)} held-out digits ...")
     report = validate(result.model, reference=model, target=recipe.target or "cpu", data=eval_data,
                       metric=lambda outputs: accuracy(outputs, labels), metric_name="accuracy",

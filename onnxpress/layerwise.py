@@ -55,6 +55,7 @@ def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Map
     """Compare every intermediate tensor ``reference`` and ``candidate`` share by name."""
     ref_model, ref_order = runtime.expose_intermediates(reference)
     cand_model, cand_order = runtime.expose_intermediates(candidate)
+    alias = _dequantized_aliases(cand_model)
     cand_names = {name for name, _, _ in cand_order}
     shared = [(name, op, node) for name, op, node in ref_order if name in cand_names]
     samples = list(feeds)[:max_samples]
@@ -69,8 +70,9 @@ def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Map
             ref_out = ref_session.run(feed)
             cand_out = cand_session.run(feed)
             for name, _, _ in shared:
-                if name in ref_out and name in cand_out and ref_out[name].shape == cand_out[name].shape:
-                    per_layer[name].append(error_stats([ref_out[name]], [cand_out[name]]))
+                seen = alias.get(name, name)
+                if name in ref_out and seen in cand_out and ref_out[name].shape == cand_out[seen].shape:
+                    per_layer[name].append(error_stats([ref_out[name]], [cand_out[seen]]))
     layers = []
     for name, op, node in shared:
         stats = per_layer[name]
@@ -80,6 +82,25 @@ def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Map
                                      float(np.max([s.max_abs for s in stats]))))
     first, reason = _first_jump(layers, cosine_tolerance)
     return LayerwiseResult(layers, first, reason, len(shared), len(ref_order) - len(shared))
+
+
+def _dequantized_aliases(model: ir.Model) -> dict[str, str]:
+    """Tensor -> the DequantizeLinear output downstream nodes really read, in QDQ models.
+
+    A quantizer may fold an activation (Relu, Clip) into a QuantizeLinear's range: the tensor
+    keeping the activation's name then holds the values before it, and only the
+    quantize-dequantize pair applies it. Comparing what the next layer sees is the fair test.
+    """
+    aliases = {}
+    for node in model.graph:
+        if node.op_type != "QuantizeLinear" or node.inputs[0] is None:
+            continue
+        source = node.inputs[0]
+        consumers = [use.node for use in node.outputs[0].uses()]
+        dequantize = [c for c in consumers if c.op_type == "DequantizeLinear"]
+        if dequantize and len(source.uses()) == 1 and dequantize[0].outputs[0].name:
+            aliases[source.name] = dequantize[0].outputs[0].name
+    return aliases
 
 
 def _first_jump(layers: list[LayerError], cosine_tolerance: float) -> tuple[LayerError | None, str]:

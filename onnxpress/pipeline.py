@@ -135,6 +135,7 @@ class PassRecord:
     accuracy: dict[str, ErrorStats] | None = None
     checked: bool = False
     latency_ms: float | None = None
+    kernels: dict[str, Any] | None = None
 
     @property
     def max_abs(self) -> float | None:
@@ -151,6 +152,7 @@ class PassRecord:
             "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "statistics": self.statistics, "checked": self.checked, "latency_ms": self.latency_ms,
+            "kernels": self.kernels,
             "accuracy": None if self.accuracy is None else {k: v.to_dict() for k, v in self.accuracy.items()},
         }
 
@@ -171,7 +173,7 @@ class PipelineResult:
 
     def table(self) -> str:
         """A plain-text table of the records."""
-        header = ("pass", "time", "nodes", "weights", "params", "latency", "max-abs", "cosine")
+        header = ("pass", "time", "nodes", "weights", "params", "latency", "int8/float", "max-abs", "cosine")
         rows = [header]
         for r in self.records:
             rows.append((
@@ -179,6 +181,7 @@ class PipelineResult:
                 f"{format_bytes(r.bytes_before)}->{format_bytes(r.bytes_after)}",
                 f"{r.params_before}->{r.params_after}",
                 "-" if r.latency_ms is None else f"{r.latency_ms:.3f}ms",
+                "-" if r.kernels is None else f"{r.kernels['int8']}/{r.kernels['float']}",
                 "-" if r.max_abs is None else f"{r.max_abs:.2e}",
                 "-" if r.cosine is None else f"{r.cosine:.6f}",
             ))
@@ -311,6 +314,8 @@ class Pipeline:
                     record.accuracy = self._compare(golden_outputs, outputs, name)
                     if getattr(item, "lossless", False):
                         self._enforce_lossless(name, record.accuracy)
+            if self.check and any(n.op_type in runtime.QUANTIZATION_OPS for n in current.graph.all_nodes()):
+                record.kernels = runtime.kernel_census(current)
             records.append(record)
             logger.info("pass %s: %.2fs, %d -> %d nodes", name, seconds, record.nodes_before, record.nodes_after)
             if progress:

@@ -8,8 +8,9 @@ check = true
 golden_samples = 4
 
 [calibration]                  # optional; paths are relative to the recipe
-source = "calib.npz"
-batch_size = 1
+source = "calib.npz"           # a .npz (samples on axis 0), a folder of .npz, or a folder of images
+type = "npz"                   # or "images", with input = "name" and the preprocessing keys:
+batch_size = 1                 # size, crop, color, scale, mean, std, layout, dtype (see ImageSpec)
 limit = 200
 
 [[passes]]
@@ -33,7 +34,10 @@ from onnxpress.errors import RecipeError
 _TOP_KEYS = {"description", "target", "pipeline", "calibration", "passes"}
 _PIPELINE_KEYS = {"check": bool, "golden_samples": int, "lossless_rtol": float, "lossless_atol": float,
                   "latency_runs": int}
-_CALIBRATION_KEYS = {"source": str, "batch_size": int, "limit": int}
+_CALIBRATION_KEYS = {"source": str, "type": str, "batch_size": int, "limit": int, "input": str,
+                     "size": (int, list), "crop": list, "color": str, "scale": float, "mean": list, "std": list,
+                     "layout": str, "dtype": str}
+_IMAGE_KEYS = ("size", "crop", "color", "scale", "mean", "std", "layout", "dtype")
 
 
 @dataclass
@@ -52,12 +56,19 @@ class Recipe:
         """The recipe's calibration data, or None when it names none."""
         if not self.calibration:
             return None
-        from onnxpress.calibration import from_npz
+        from onnxpress.calibration import ImageSpec, from_images, from_npz
 
+        settings = self.calibration
         base = self.path.parent if self.path else Path.cwd()
-        source = base / self.calibration["source"]
-        return from_npz(source, batch_size=self.calibration.get("batch_size", 1),
-                        limit=self.calibration.get("limit"))
+        source = base / settings["source"]
+        if settings.get("type", "npz") == "images":
+            spec = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in _IMAGE_KEYS}
+            try:
+                image_spec = ImageSpec(**spec)
+            except (ValueError, TypeError) as err:
+                raise RecipeError(f"{self.path}: [calibration] {err}") from None
+            return from_images(source, settings["input"], image_spec, limit=settings.get("limit"))
+        return from_npz(source, batch_size=settings.get("batch_size", 1), limit=settings.get("limit"))
 
     def pipeline(self):
         from onnxpress.pipeline import Pipeline
@@ -99,6 +110,14 @@ def parse_recipe(text: str, *, name: str = "<recipe>", path: Path | None = None)
         calibration = _typed_table(data["calibration"], _CALIBRATION_KEYS, f"{name}: [calibration]")
         if "source" not in calibration:
             raise RecipeError(f"{name}: [calibration] needs a 'source' (a .npz file or a folder of them)")
+        kind = calibration.get("type", "npz")
+        if kind not in ("npz", "images"):
+            raise RecipeError(f"{name}: [calibration] 'type' must be 'npz' or 'images', got {kind!r}")
+        if kind == "images" and "input" not in calibration:
+            raise RecipeError(f"{name}: [calibration] type 'images' needs 'input' (the model input they feed)")
+        misplaced = [k for k in _IMAGE_KEYS if k in calibration] if kind == "npz" else []
+        if misplaced:
+            raise RecipeError(f"{name}: [calibration] {misplaced} apply to type = 'images' only")
     entries = data.get("passes", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise RecipeError(f"{name}: 'passes' must be an array of tables ([[passes]])")
@@ -129,6 +148,7 @@ def _typed_table(table: Any, schema: dict[str, type], where: str) -> dict[str, A
               isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
               isinstance(value, want) and not isinstance(value, bool))
         if not ok:
-            raise RecipeError(f"{where}: '{key}' must be {want.__name__}, got {type(value).__name__} {value!r}")
+            names = " or ".join(w.__name__ for w in (want if isinstance(want, tuple) else (want,)))
+            raise RecipeError(f"{where}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
         checked[key] = value
     return checked

@@ -106,9 +106,11 @@ def _pipeline_section(pipeline: dict) -> str:
                      f"{r['bytes_before'] / 2**20:.3f} → {r['bytes_after'] / 2**20:.3f} MB",
                      f"{r['params_before']:,} → {r['params_after']:,}",
                      "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.3f} ms",
+                     "-" if not r.get("kernels") else f"{r['kernels']['int8']} / {r['kernels']['float']}",
                      "-" if not accuracy else f"{max(a['max_abs'] for a in accuracy.values()):.3g}",
                      "-" if not accuracy else f"{min(a['cosine'] for a in accuracy.values()):.6f}"))
-    table = _table(("pass", "time", "nodes", "weights", "parameters", "latency", "max-abs", "cosine"), rows,
+    table = _table(("pass", "time", "nodes", "weights", "parameters", "latency", "int8 / float kernels",
+                    "max-abs", "cosine"), rows,
                    "pipeline-table")
     stages = ["input"] + [r["name"] for r in records]
     sizes = [records[0]["bytes_before"] / 2**20] + [r["bytes_after"] / 2**20 for r in records] if records else []

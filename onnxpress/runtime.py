@@ -272,3 +272,47 @@ def expose_intermediates(model: ir.Model, names: Iterable[str] | None = None,
         for value in node.outputs:
             expose(value, node.op_type, node.name or "")
     return copy, order
+
+
+INT8_KERNELS = frozenset({
+    "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QGemm", "QLinearAdd", "QLinearMul", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax",
+    "QAttention", "QLinearReduceMean", "QEmbedLayerNormalization", "DynamicQuantizeLSTM", "QLinearWhere",
+    "QLinearConvTranspose", "NhwcQLinearConv", "QOrderedMatMul", "MatMulNBits",
+})
+FLOAT_COMPUTE_KERNELS = frozenset({
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul", "Attention",
+    "MultiHeadAttention", "NhwcConv", "NhwcFusedConv", "ConvGrad", "Einsum",
+})
+QUANTIZATION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}) | INT8_KERNELS
+
+
+def kernel_census(model: ir.Model, optimization: str = "all") -> dict[str, Any]:
+    """What ONNX Runtime's CPU provider really runs: op counts of its optimised graph.
+
+    ``int8`` counts integer compute kernels (QLinearConv, MatMulInteger, ...), ``float`` float
+    compute kernels (Conv, MatMul, FusedConv, ...), ``qdq`` the quantize/dequantize nodes left
+    after fusion: a quantized model whose compute stayed float shows it here.
+    """
+    import onnxruntime as ort
+
+    from onnxpress.io import load, save
+
+    with tempfile.TemporaryDirectory(prefix="onnxpress-census-") as folder:
+        source = save(model, Path(folder) / "model.onnx")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        optimized = load(Path(folder) / "optimized.onnx")
+        ops: dict[str, int] = {}
+        for node in optimized.graph.all_nodes():
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "int8": sum(c for op, c in ops.items() if op in INT8_KERNELS),
+        "float": sum(c for op, c in ops.items() if op in FLOAT_COMPUTE_KERNELS),
+        "qdq": sum(c for op, c in ops.items() if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")),
+        "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
+    }

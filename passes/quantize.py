@@ -11,7 +11,7 @@ import onnx_ir.passes.common as common_passes
 from onnxpress import _proto
 from onnxpress.errors import PassError
 from onnxpress.passes import _calibrated
-from onnxpress.passes._common import constant, fold_batchnorm, set_initializer
+from onnxpress.passes._common import constant, fingerprint, fold_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ Preset = Literal["auto", "cnn", "transformer", "all"]
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 TRANSFORMER_OPS = ("MatMul", "Gemm")
 _SUBGRAPH_OPS = ("If", "Loop", "Scan")
+_QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                  "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm")
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
 _ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -153,6 +155,10 @@ class Quantize(ir.passes.FunctionalPass):
                             "do not descend into subgraphs")
                 continue
             name = node.name
+            if node.op_type in _QUANTIZED_OPS or any(
+                    v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+                    for v in node.inputs):
+                continue  # already quantized (a second run must change nothing)
             if name in self.exclude or node.op_type in self.exclude:
                 if node.op_type in COMPUTE_OPS:
                     floating[name] = "excluded by the exclude option"
@@ -173,6 +179,7 @@ class Quantize(ir.passes.FunctionalPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         prepared, prep_stats = self._prepare(model)
+        pristine = prepared.clone()  # float fallbacks return this: no smoothing, no bias shifts
         preset = self._preset(prepared)
         mode = self._mode(preset)
         activation, reduce_range = self._hardware()
@@ -180,6 +187,10 @@ class Quantize(ir.passes.FunctionalPass):
             activation = "uint8"  # ONNX Runtime's dynamic kernels quantize activations to uint8
         nodes, floating = self._eligible(prepared, preset, mode)
         if not nodes:
+            if any(n.op_type in _QUANTIZED_OPS for n in model.graph.all_nodes()):
+                self.statistics = {"preset": preset, "mode": mode, "quantized_nodes": 0, "float_nodes": floating,
+                                   "note": "already quantized: nothing left to quantize"}
+                return ir.passes.PassResult(model.clone(), modified=False)
             raise PassError(f"quantize: no node to quantize (preset '{preset}', mode '{mode}')")
         stats: dict[str, Any] = {"preset": preset, "mode": mode, "method": self.method if mode == "static" else None,
                                  "activation_type": activation, "weight_type": "int8",
@@ -202,17 +213,19 @@ class Quantize(ir.passes.FunctionalPass):
             stats["bias_corrected"] = corrected
         candidate = self._quantize(prepared, nodes, ranges, settings)
         if self._accuracy_target() and reference is not None:
-            candidate, nodes, fallback = self._fallback(prepared, candidate, nodes, ranges, settings, reference)
+            candidate, nodes, fallback = self._fallback(prepared, pristine, candidate, nodes, ranges, settings,
+                                                        reference)
             floating.update(fallback.pop("float_nodes"))
             stats["fallback"] = fallback
         if self.latency_aware and context is not None:
-            candidate, nodes, latency = self._latency(prepared, candidate, nodes, ranges, settings, floating)
+            candidate, nodes, latency = self._latency(prepared, pristine, candidate, nodes, ranges, settings,
+                                                      floating)
             stats["latency"] = latency
         stats["quantized_nodes"] = len(nodes)
         stats["float_nodes"] = floating
         self.statistics = stats
         logger.info("quantize: %d nodes quantized (%s, %s), %d left float", len(nodes), mode, preset, len(floating))
-        return ir.passes.PassResult(candidate, modified=True)
+        return ir.passes.PassResult(candidate, modified=fingerprint(candidate) != fingerprint(model))
 
     def _prepare(self, model: ir.Model) -> tuple[ir.Model, dict[str, Any]]:
         """A copy at opset >= 13 with batch norms folded and shapes inferred."""
@@ -286,7 +299,11 @@ class Quantize(ir.passes.FunctionalPass):
                                               limit=self.calibration_samples)
                 corrected = _calibrated.correct_biases(model, targets, probes, shifts)
         stats = self.context.collect(model, limit=self.calibration_samples)
-        return stats.ranges(self.method, self.percentile), corrected
+        ranges = stats.ranges(self.method, self.percentile)
+        for output in model.graph.outputs:  # clipping what the model returns distorts it directly
+            if output.name in stats:
+                ranges[output.name] = stats[output.name].range("minmax")
+        return ranges, corrected
 
     def _quantize(self, model: ir.Model, nodes: list[str], ranges, settings: dict) -> ir.Model:
         from onnxruntime.quantization.calibrate import TensorData, TensorsData, CalibrationMethod
@@ -332,7 +349,7 @@ class Quantize(ir.passes.FunctionalPass):
             ok &= score["metric_drop"] <= self.max_metric_drop
         return ok
 
-    def _fallback(self, prepared, candidate, nodes, ranges, settings, reference):
+    def _fallback(self, prepared, pristine, candidate, nodes, ranges, settings, reference):
         context = self.context
         score = context.score(reference, candidate)
         trials = [{"float": 0, **_rounded(score)}]
@@ -344,7 +361,7 @@ class Quantize(ir.passes.FunctionalPass):
         while low < high:  # fewest nodes in float that meet the target, by measurement
             middle = (low + high) // 2 if best is not None else max(1, min(len(ranking), 2 * max(1, low)))
             keep = [n for n in nodes if n not in set(ranking[:middle])]
-            trial = self._quantize(prepared, keep, ranges, settings) if keep else prepared.clone()
+            trial = self._quantize(prepared, keep, ranges, settings) if keep else pristine.clone()
             score = context.score(reference, trial)
             trials.append({"float": middle, **_rounded(score)})
             context.say(f"{middle} node(s) float: cosine {score['cosine']:.5f}")
@@ -377,31 +394,52 @@ class Quantize(ir.passes.FunctionalPass):
         ranked = sorted(added, key=lambda n: -added[n])
         return ranked + [n for n in nodes if n not in added]
 
-    def _latency(self, prepared, candidate, nodes, ranges, settings, floating):
+    def _latency(self, prepared, pristine, candidate, nodes, ranges, settings, floating):
+        """Keep int8 only where it pays on the target, by measurement.
+
+        From the fully quantized model, op groups whose int8 form is slower are put back in
+        float one at a time. If int8 is slower than fp32 overall, the search starts from fp32
+        instead and adds the compute groups (largest first) that make it faster. A change is
+        kept only for a clear gain (3 %, beyond timing noise).
+        """
         context = self.context
-        fp32 = context.latency(prepared)
-        current = context.latency(candidate)
-        record = {"fp32_ms": round(fp32, 4), "int8_ms": round(current, 4), "groups_left_float": []}
-        context.say(f"latency fp32 {fp32:.3f} ms, int8 {current:.3f} ms")
+        fp32 = context.latency(pristine)
+        full = context.latency(candidate)
+        record = {"fp32_ms": round(fp32, 4), "int8_ms": round(full, 4), "groups_left_float": []}
+        context.say(f"latency fp32 {fp32:.3f} ms, int8 {full:.3f} ms")
         by_name = {n.name: n for n in prepared.graph}
-        for group, members in _latency_groups(by_name, nodes).items():
-            keep = [n for n in nodes if n not in members]
-            if not keep:
-                continue
-            trial = self._quantize(prepared, keep, ranges, settings)
-            latency = context.latency(trial)
-            context.say(f"without int8 {group}: {latency:.3f} ms")
-            if latency < current * 0.97:  # a clear gain, beyond timing noise
-                candidate, nodes, current = trial, keep, latency
-                record["groups_left_float"].append(group)
-                floating.update({m: f"latency-aware: int8 {group} is slower on this target" for m in members})
+        groups = _latency_groups(by_name, nodes)
+        if full <= fp32:
+            current, kept = full, list(nodes)
+            for group, members in groups.items():
+                keep = [n for n in kept if n not in members]
+                if not keep:
+                    continue
+                trial = self._quantize(prepared, keep, ranges, settings)
+                latency = context.latency(trial)
+                context.say(f"without int8 {group}: {latency:.3f} ms")
+                if latency < current * 0.97:
+                    candidate, kept, current = trial, keep, latency
+                    record["groups_left_float"].append(group)
+        else:
+            current, kept, candidate = fp32, [], pristine
+            compute = [g for g in groups if g.split()[-1] in COMPUTE_OPS]
+            for group in sorted(compute, key=lambda g: -len(groups[g])):
+                keep = kept + sorted(groups[group])
+                trial = self._quantize(prepared, keep, ranges, settings)
+                latency = context.latency(trial)
+                context.say(f"with int8 {group} only: {latency:.3f} ms")
+                if latency < current * 0.97:
+                    candidate, kept, current = trial, keep, latency
+            record["groups_left_float"] = [g for g in groups if not groups[g] & set(kept)]
+        for group in record["groups_left_float"]:
+            floating.update({m: f"latency-aware: int8 {group} does not pay on this target" for m in groups[group]})
         record["final_ms"] = round(current, 4)
-        if current > fp32:
-            floating.update({n: "latency-aware: int8 is slower than fp32 on this target" for n in nodes})
+        if not kept:
             record["kept_fp32"] = True
-            logger.warning("quantize: int8 is slower than fp32 here (%.3f > %.3f ms): model left float", current, fp32)
-            return prepared, [], record
-        return candidate, nodes, record
+            logger.warning("quantize: int8 is slower than fp32 here (%.3f > %.3f ms): model left float", full, fp32)
+            return pristine, [], record
+        return candidate, kept, record
 
 
 def _rounded(score: dict[str, float]) -> dict[str, float]:

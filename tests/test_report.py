@@ -32,7 +32,8 @@ def demo_report(tmp_path_factory):
 def test_demo_writes_all_three_reports(demo_report):
     data = json.loads((demo_report / "report.json").read_text())
     assert data["passed"] is True and data["target"] == "cpu"
-    assert data["pipeline"]["records"][0]["name"] == "simplify"
+    assert [r["name"] for r in data["pipeline"]["records"]] == ["simplify", "quantize"]
+    assert data["pipeline"]["records"][1]["kernels"]["int8"] == 5
     assert data["task_metric"]["name"] == "accuracy" and data["layerwise"]["shared"] > 5
     markdown = (demo_report / "report.md").read_text()
     assert markdown.startswith("# Validation on `cpu`: PASSED") and "| simplify |" in markdown
@@ -46,9 +47,10 @@ def test_the_html_report_renders_its_table_and_plots(demo_report, tmp_path):
     html = dom.stdout
     assert re.search(r'<span id="verdict" class="verdict passed">PASSED</span>', html)
     rows = re.search(r'<table id="pipeline-table">.*?<tbody>(.*?)</tbody>', html, re.S).group(1)
-    assert rows.count("<tr>") == 1 and "<td>simplify</td>" in rows
-    # input + one pass; one pass; every shared layer; reference + candidate
-    marks = {"plot-size": 2, "plot-latency": 2, "plot-accuracy": 1, "plot-layers": 10, "plot-validate-latency": 2}
+    assert rows.count("<tr>") == 2 and "<td>simplify</td>" in rows and "<td>quantize</td>" in rows
+    assert "<td>5 / 0</td>" in rows  # the quantize pass's int8 / float kernels
+    # input + two passes; two passes; every shared layer; reference + candidate
+    marks = {"plot-size": 3, "plot-latency": 3, "plot-accuracy": 2, "plot-layers": 5, "plot-validate-latency": 2}
     for plot, count in marks.items():
         svg = re.search(rf'<svg id="{plot}".*?</svg>', html, re.S)
         assert svg, plot

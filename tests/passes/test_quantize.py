@@ -1,0 +1,264 @@
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import onnxpress as ox
+from onnxpress import runtime, samples
+from onnxpress.errors import PipelineError
+from onnxpress.metrics import accuracy, compare
+from onnxpress.passes._common import fold_batchnorm
+
+from conftest import onnx_check, ort_run
+
+# A tiny transformer block: LayerNorm -> two projections sharing their input -> Softmax, with an
+# outlier channel in the LayerNorm's gain (the case SmoothQuant is for).
+TRANSFORMER_TEXT = """
+<ir_version: 10, opset_import: ["" : 18]>
+block (float[1, S, 16] x) => (float[1, S, 16] y)
+<float[16] gamma = {%s}, float[16] beta = {%s}, float[16, 16] wq = {%s}, float[16, 16] wv = {%s}>
+{
+    n = LayerNormalization <axis = -1> (x, gamma, beta)
+    q = MatMul(n, wq)
+    v = MatMul(n, wv)
+    s = Softmax <axis = -1> (q)
+    y = Mul(s, v)
+}
+"""
+
+
+def _transformer(seed: int = 0) -> ir.Model:
+    rng = np.random.default_rng(seed)
+    gamma = np.ones(16)
+    gamma[3] = 40.0  # an outlier channel
+    fmt = lambda a: ", ".join(f"{v:.5f}" for v in np.ravel(a))  # noqa: E731
+    return ir.from_onnx_text(TRANSFORMER_TEXT % (fmt(gamma), fmt(rng.normal(0, 0.1, 16)),
+                                                 fmt(rng.normal(0, 0.3, (16, 16))), fmt(rng.normal(0, 0.3, (16, 16)))))
+
+
+def _sequence_feeds(count: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, int(rng.integers(3, 12)), 16)).astype(np.float32)} for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data, labels = samples.digits_eval()
+    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
+
+
+def _ops(model: ir.Model) -> set[str]:
+    return {n.op_type for n in model.graph.all_nodes()}
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_static_quantization_keeps_digits_accuracy(digits, method):
+    model, calib, data, labels = digits
+    result = ox.Pipeline([ox.passes.Quantize(method=method)]).run(model, calibration=calib)
+    quantized, record = result.model, result.records[0]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(quantized)
+    stats = record.statistics
+    assert stats["mode"] == "static" and stats["preset"] == "cnn" and stats["method"] == method
+    assert record.kernels["int8"] == 5 and record.kernels["float"] == 0  # every Conv and Gemm runs int8
+    assert record.bytes_after < 0.3 * record.bytes_before
+    reference = runtime.run_model(model, data)
+    got = runtime.run_model(quantized, data)
+    assert accuracy(got, labels) >= accuracy(reference, labels) - 0.01
+    onnx_check(quantized)
+
+
+def test_bias_correction_reduces_the_error(digits):
+    model, calib, data, _ = digits
+    reference = runtime.run_model(model, data)
+    errors = {}
+    for corrected in (False, True):
+        result = ox.Pipeline([ox.passes.Quantize(method="minmax", bias_correction=corrected)]).run(model, calibration=calib)
+        errors[corrected] = compare(reference, runtime.run_model(result.model, data))["logits"].mean_abs
+        assert result.records[0].statistics["bias_corrected"] == (5 if corrected else 0)
+    assert errors[True] < errors[False]
+
+
+def test_dynamic_transformer_preset_with_smoothquant():
+    model = _transformer()
+    calib = _sequence_feeds(30)
+    quantize = ox.passes.Quantize()
+    result = ox.Pipeline([quantize]).run(model, calibration=calib)
+    stats = result.records[0].statistics
+    assert stats["preset"] == "transformer" and stats["mode"] == "dynamic"
+    assert stats["smoothquant_alpha"] in (0.5, 0.6, 0.7, 0.8, 0.9) and len(stats["smoothquant_search"]) == 5
+    assert "MatMulInteger" in _ops(result.model) or "DynamicQuantizeMatMul" in _ops(result.model)
+    assert result.records[0].kernels["int8"] == 2
+    plain = ox.Pipeline([ox.passes.Quantize(smoothquant=False)]).run(model, calibration=calib)
+    held_out = _sequence_feeds(10, seed=1)
+    reference = runtime.run_model(model, held_out)
+    smooth_cos = compare(reference, runtime.run_model(result.model, held_out))["y"].cosine
+    plain_cos = compare(reference, runtime.run_model(plain.model, held_out))["y"].cosine
+    assert smooth_cos > plain_cos  # the outlier channel hurts plain per-tensor activations
+
+
+def test_smoothing_alone_is_exact_in_float():
+    from onnxpress.passes import _calibrated
+    from onnxpress.statistics import collect
+
+    model = _transformer()
+    ir.passes.common.NameFixPass()(model)  # groups are matched by node name, as the pass names them
+    feeds = _sequence_feeds(8)
+    groups = _calibrated.matmul_groups(model, {n.name for n in model.graph if n.op_type == "MatMul"})
+    assert list(groups) == ["n"] and len(groups["n"]) == 2  # q and v share their input
+    stats = collect(model, feeds, tensors=["n"], channel_axes={"n": -1})
+    smoothed = model.clone()
+    assert _calibrated.smooth(smoothed, groups, stats, 0.7) == 1
+    for feed in feeds:
+        np.testing.assert_allclose(ort_run(smoothed, feed)[0], ort_run(model, feed)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_exclusion_by_name_and_op_type(digits):
+    model, calib, _, _ = digits
+    first_conv = next(n.name for n in model.graph if n.op_type == "Conv")
+    result = ox.Pipeline([ox.passes.Quantize(exclude=[first_conv, "Gemm"])]).run(model, calibration=calib)
+    stats = result.records[0].statistics
+    assert stats["float_nodes"][first_conv] == "excluded by the exclude option"
+    gemms = [n.name for n in model.graph if n.op_type == "Gemm"]
+    assert all(stats["float_nodes"][g] == "excluded by the exclude option" for g in gemms)
+    kernels = result.records[0].kernels
+    assert kernels["int8"] == 2 and kernels["float"] >= 3
+
+
+def test_nodes_inside_subgraphs_stay_float_with_the_reason(rng):
+    text = """
+    <ir_version: 10, opset_import: ["" : 18]>
+    branchy (float[2, 4] x, bool c) => (float[2, 4] y)
+    <float[4, 4] w = {%s}>
+    {
+        h = MatMul(x, w)
+        y = If (c) <then_branch = then_g () => (float[2, 4] t) { t = MatMul(h, w) },
+                    else_branch = else_g () => (float[2, 4] e) { e = Relu(h) }>
+    }
+    """ % ", ".join(f"{v:.3f}" for v in rng.normal(0, 1, 16))
+    model = ir.from_onnx_text(text)
+    model.graph.node(1).attributes["then_branch"].value.node(0).name = "inner_matmul"
+    calib = [{"x": rng.standard_normal((2, 4)).astype(np.float32), "c": np.array(True)} for _ in range(8)]
+    result = ox.Pipeline([ox.passes.Quantize(preset="all")]).run(model, calibration=calib)
+    reason = result.records[0].statistics["float_nodes"]["inner_matmul"]
+    assert "inside a If subgraph" in reason and "do not descend" in reason
+    assert result.records[0].statistics["quantized_nodes"] >= 1
+
+
+def test_old_opsets_are_upgraded_first(rng):
+    weights = ", ".join(f"{v:.3f}" for v in rng.normal(0, 1, 4 * 2 * 9))
+    model = ir.from_onnx_text(f"""
+    <ir_version: 6, opset_import: ["" : 11]>
+    old (float[1, 2, 6, 6] x) => (float[1, 4, 6, 6] y)
+    <float[4, 2, 3, 3] w = {{{weights}}}, float[4] b = {{0.1, 0.2, 0.3, 0.4}}>
+    {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, w, b)
+        y = Relu(c)
+    }}
+    """)
+    calib = [{"x": rng.standard_normal((1, 2, 6, 6)).astype(np.float32)} for _ in range(8)]
+    result = ox.Pipeline([ox.passes.Quantize()]).run(model, calibration=calib)
+    assert result.records[0].statistics["opset_upgraded"] == [11, 13]
+    assert result.model.opset_imports[""] >= 13
+    assert result.records[0].kernels["int8"] == 1
+
+
+def test_batchnorm_folding_is_exact(rng):
+    from test_simplify import BN_TEXT  # noqa: PLC0415 - shared fixture text
+
+    model = ir.from_onnx_text(BN_TEXT)
+    folded = model.clone()
+    assert fold_batchnorm(folded) == 1
+    assert [n.op_type for n in folded.graph] == ["Conv"]
+    feed = {"x": rng.standard_normal((2, 2, 5, 5)).astype(np.float32)}
+    np.testing.assert_allclose(ort_run(folded, feed)[0], ort_run(model, feed)[0], rtol=1e-5, atol=1e-5)
+    assert folded.graph.outputs[0].name == "y"
+
+
+def test_a_second_run_changes_nothing(digits):
+    model, calib, _, _ = digits
+    first = ox.Pipeline([ox.passes.Quantize()]).run(model, calibration=calib)
+    second = ox.Pipeline([ox.passes.Quantize()]).run(first.model, calibration=calib)
+    assert second.records[0].modified is False
+    assert "already quantized" in second.records[0].statistics["note"]
+
+
+def test_accuracy_aware_fallback_keeps_the_fewest_nodes_float(digits):
+    model, calib, _, _ = digits
+    quantize = ox.passes.Quantize(method="minmax", target_cosine=0.99999, bias_correction=False)
+    result = ox.Pipeline([quantize]).run(model, calibration=calib)
+    fallback = result.records[0].statistics["fallback"]
+    assert fallback["trials"][0]["float"] == 0 and fallback["trials"][0]["cosine"] < 0.99999
+    floating = {k: v for k, v in result.records[0].statistics["float_nodes"].items() if "accuracy-aware" in v}
+    if fallback["target_met"]:
+        assert floating and len(floating) < 12
+        assert any(t["cosine"] >= 0.99999 and t["float"] == len(floating) for t in fallback["trials"])
+    loose = ox.Pipeline([ox.passes.Quantize(target_cosine=0.9)]).run(model, calibration=calib)
+    assert loose.records[0].statistics["fallback"]["trials"] == [loose.records[0].statistics["fallback"]["trials"][0]]
+
+
+def test_accuracy_target_with_a_task_metric(digits):
+    model, calib, data, labels = digits
+    quantize = ox.passes.Quantize(max_metric_drop=0.0)
+    eval_feeds = data[:4]
+    eval_labels = labels[:200]
+    result = ox.Pipeline([quantize]).run(model, calibration=calib, evaluation=eval_feeds,
+                                         metric=lambda outs: accuracy(outs, eval_labels))
+    assert result.records[0].statistics["fallback"]["target_met"]
+    assert "metric_drop" in result.records[0].statistics["fallback"]["trials"][0]
+
+
+def test_latency_aware_mode_records_its_measurements(digits):
+    model, calib, _, _ = digits
+    messages = []
+    result = ox.Pipeline([ox.passes.Quantize(latency_aware=True)]).run(
+        model, calibration=calib, progress=lambda e: e.message and messages.append(e.message))
+    latency = result.records[0].statistics["latency"]
+    assert latency["fp32_ms"] > 0 and latency["int8_ms"] > 0 and latency["final_ms"] > 0
+    assert latency["final_ms"] <= max(latency["fp32_ms"], latency["int8_ms"])
+    assert any(m.startswith("latency fp32") for m in messages)
+    if latency.get("kept_fp32"):
+        assert result.records[0].statistics["quantized_nodes"] == 0
+        assert all("latency-aware" in r for r in result.records[0].statistics["float_nodes"].values())
+
+
+def test_static_mode_needs_calibration(digits):
+    model, _, _, _ = digits
+    with pytest.raises(PipelineError, match="quantize: static mode.*need calibration data"):
+        ox.Pipeline([ox.passes.Quantize()]).run(model)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(method="kl"), "quantize: method must be"),
+    (dict(mode="int4"), "quantize: mode must be"),
+    (dict(percentile=10.0), "quantize: percentile"),
+    (dict(smoothquant_alpha=2.0), "quantize: smoothquant_alpha"),
+    (dict(target_cosine=1.5), "quantize: target_cosine"),
+    (dict(reduce_range="yes"), "quantize: reduce_range"),
+])
+def test_bad_options_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        ox.passes.Quantize(**options)
+
+
+@pytest.mark.parametrize("calib, message", [
+    ([{"wrong": np.zeros((1, 1, 8, 8), np.float32)}], r"missing input\(s\) \['input'\]"),
+    ([{"input": np.zeros((1, 1, 9, 8), np.float32)}], "size 9 on axis 2"),
+    ([{"input": np.zeros((1, 1, 8, 8), np.int32)}], "is int32"),
+    ([], "gave no samples"),
+])
+def test_bad_calibration_data_is_named(digits, calib, message):
+    model, _, _, _ = digits
+    with pytest.raises(ox.DataError, match=message):
+        ox.Pipeline([ox.passes.Quantize()], golden_samples=0).run(model, calibration=calib)
+
+
+def test_a_recipe_runs_quantization_from_the_cli(tmp_path, capsys):
+    from onnxpress.cli import main
+
+    recipe = tmp_path / "q.toml"
+    recipe.write_text('[calibration]\nsource = "%s"\n[[passes]]\nname = "simplify"\n[[passes]]\nname = "quantize"\n'
+                      'method = "minmax"\n' % samples.DIGITS_CALIB.as_posix())
+    out = tmp_path / "q.onnx"
+    assert main(["run", str(samples.DIGITS_MODEL), "--recipe", str(recipe), "-o", str(out), "--target", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "quantize" in text and "5/0" in text and "verdict on target 'cpu': PASSED" in text
+    assert "QLinearConv" in runtime.kernel_census(ox.load(out))["ops"]
