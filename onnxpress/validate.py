@@ -332,8 +332,7 @@ def _judge_accuracy(report: ValidationReport, profile: Target, reference: list, 
         if max_abs > 0 and stats.max_abs > max_abs:
             report.failures.append(f"output '{name}': max-abs error {stats.max_abs:.3g} > {max_abs:g}")
     first = next(iter(reference[0]))
-    if profile.top1_agreement > 0 and np.asarray(reference[0][first]).ndim == 2 \
-            and np.asarray(reference[0][first]).shape[-1] > 1:
+    if profile.top1_agreement > 0 and _class_scores(reference, first, report):
         report.top1_agreement = top1_agreement(reference, candidate, first)
         if report.top1_agreement < profile.top1_agreement:
             report.failures.append(f"top-1 agreement {report.top1_agreement:.4f} < {profile.top1_agreement:g}")
@@ -344,6 +343,22 @@ def _judge_accuracy(report: ValidationReport, profile: Target, reference: list, 
         if ref_value - cand_value > profile.metric_drop:
             report.failures.append(f"{metric_name} dropped by {ref_value - cand_value:.4f} "
                                    f"({ref_value:.4f} -> {cand_value:.4f}) > {profile.metric_drop:g}")
+
+
+def _class_scores(outputs: list, name: str, report: ValidationReport) -> bool:
+    """Whether an output looks like class scores (rank 2, several columns, rows not unit-norm).
+
+    Rows of unit L2 norm are embeddings (sentence encoders normalise them): their arg-max means
+    nothing, so top-1 agreement is not judged there, and the report says so.
+    """
+    first = np.asarray(outputs[0][name])
+    if first.ndim != 2 or first.shape[-1] < 2:
+        return False
+    norms = np.concatenate([np.linalg.norm(np.asarray(o[name], np.float64), axis=-1) for o in outputs])
+    if np.allclose(norms, 1.0, atol=1e-3):
+        report.notes.append(f"output '{name}' has unit-norm rows (embeddings): top-1 agreement not judged")
+        return False
+    return True
 
 
 def model_size(model: ir.Model) -> int:

@@ -21,7 +21,7 @@ Preset = Literal["auto", "cnn", "transformer", "all"]
 
 # Ops whose cost dominates; the rest of a preset's op types only keep int8 flowing between them.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
-TRANSFORMER_OPS = ("MatMul", "Gemm")
+TRANSFORMER_OPS = ("MatMul", "Gemm", "Gather")  # Gather: embedding tables, stored int8
 _SUBGRAPH_OPS = ("If", "Loop", "Scan")
 _QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
                   "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QGemm")
@@ -172,6 +172,10 @@ class Quantize(ir.passes.FunctionalPass):
                 if weight is None or weight.ndim != 2:
                     floating[name] = "MatMul of two activations (kept float by the transformer preset)"
                     continue
+            if node.op_type == "Gather":
+                table = constant(node.inputs[0])
+                if table is None or table.ndim != 2 or table.size < 4096:
+                    continue  # only embedding tables are worth storing in int8
             chosen.append(name)
         return chosen, floating
 

@@ -57,3 +57,69 @@ def test_mismatched_sample_axes(tmp_path):
 def test_non_mapping_samples():
     with pytest.raises(DataError, match="sample 1 is a list"):
         list(calibration.from_feeds([{"x": np.zeros(1)}, [1, 2]]))
+
+
+def test_images_are_preprocessed_by_the_spec(tmp_path):
+    from PIL import Image
+
+    from onnxpress.calibration import ImageSpec, from_images
+
+    for i, size in enumerate(((40, 30), (64, 48), (30, 30))):
+        array = np.full((size[1], size[0], 3), (i * 50, 100, 200), np.uint8)
+        Image.fromarray(array).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    spec = ImageSpec(size=24, crop=(20, 20), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    feeds = list(from_images(tmp_path, "pixels", spec))
+    assert len(feeds) == 3 and all(f["pixels"].shape == (1, 3, 20, 20) for f in feeds)
+    assert feeds[1]["pixels"].dtype == np.float32
+    np.testing.assert_allclose(feeds[1]["pixels"][0, :, 5, 5], [(50 / 255 - 0.5) / 0.25, (100 / 255 - 0.5) / 0.25,
+                                                                 (200 / 255 - 0.5) / 0.25], rtol=1e-5)
+    nhwc = list(from_images(tmp_path, "pixels", ImageSpec(size=(8, 10), layout="NHWC", dtype="uint8", color="BGR")))
+    assert nhwc[0]["pixels"].shape == (1, 8, 10, 3) and nhwc[0]["pixels"][0, 0, 0].tolist() == [200, 100, 0]
+    grey = list(from_images(tmp_path, "pixels", ImageSpec(color="L"), limit=1))
+    assert len(grey) == 1 and grey[0]["pixels"].shape[1] == 1
+
+
+def test_image_source_errors(tmp_path):
+    from onnxpress.calibration import ImageSpec, from_images
+
+    with pytest.raises(DataError, match="no image files"):
+        from_images(tmp_path, "x")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png: not a readable image"):
+        list(from_images(tmp_path, "x"))
+    with pytest.raises(ValueError, match="layout must be NCHW or NHWC"):
+        ImageSpec(layout="CHW")
+
+
+def test_dataloader_batches_become_feeds():
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(10, 1, 8, 8), torch.arange(10))
+    feeds = list(calibration.from_dataloader(DataLoader(data, batch_size=4), ["input"]))
+    assert [f["input"].shape for f in feeds] == [(4, 1, 8, 8), (4, 1, 8, 8), (2, 1, 8, 8)]  # labels ignored
+    assert isinstance(feeds[0]["input"], np.ndarray)
+    dicts = [{"ids": torch.ones(1, 5, dtype=torch.int64), "mask": torch.ones(1, 5, dtype=torch.int64)}]
+    assert list(calibration.from_dataloader(dicts, ["ids"]))[0].keys() == {"ids"}
+    with pytest.raises(DataError, match="has no \\['other'\\]"):
+        list(calibration.from_dataloader(dicts, ["other"]))
+    assert len(calibration.from_dataloader(DataLoader(data, batch_size=4), ["input"], limit=2)) == 2
+
+
+def test_recipe_calibration_from_images(tmp_path):
+    from PIL import Image
+
+    from onnxpress.recipe import load_recipe
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((12, 12), i * 60, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "r.toml").write_text('[calibration]\nsource = "imgs"\ntype = "images"\ninput = "input"\n'
+                                     'size = [8, 8]\ncolor = "L"\nscale = 0.0625\n[[passes]]\nname = "simplify"\n')
+    feeds = list(load_recipe(tmp_path / "r.toml").calibration_source())
+    assert len(feeds) == 3 and feeds[2]["input"].shape == (1, 1, 8, 8)
+    assert feeds[2]["input"].max() == pytest.approx(120 * 0.0625)
+    (tmp_path / "bad.toml").write_text('[calibration]\nsource = "imgs"\ntype = "images"\n[[passes]]\nname = "simplify"\n')
+    with pytest.raises(Exception, match="needs 'input'"):
+        load_recipe(tmp_path / "bad.toml")
