@@ -14,7 +14,8 @@ save) and peak resident memory (VmHWM), each quantizer alone in a fresh process,
 part the step added over the process after its imports; accuracy against fp32 (digits: top-1
 accuracy on the held-out images and top-1 agreement; CNNs: output cosine and top-1 agreement
 on held-out random images; MiniLM: mean embedding cosine and Spearman correlation of the
-pairwise sentence similarities). Latencies are medians over interleaved rounds, so slow drift
+pairwise sentence similarities). For MiniLM one more line gives the peak memory of onnxpress's
+quantize child with the calibration sentences repeated 10x. Latencies are medians over interleaved rounds, so slow drift
 of a noisy machine hits every method alike. MB are 2**20 bytes.
 
 Run: `.venv/bin/python benchmarks/quantize.py [--models digits,resnet18,mobilenet_v3_small,minilm] [--quick]`.
@@ -195,6 +196,8 @@ def _describe(stats: dict[str, Any]) -> str:
         parts.append(f"smoothquant {stats['smoothquant_alpha']}")
     latency = stats.get("latency")
     if latency:
+        parts.append(f"own timing fp32 {latency['fp32_ms']:.3f} ms, int8 {latency['int8_ms']:.3f} ms, "
+                     f"kept {latency['final_ms']:.3f} ms")
         if latency.get("kept_fp32"):
             parts.append("int8 slower: kept fp32")
         elif latency["groups_left_float"]:
@@ -424,10 +427,11 @@ def summary(case: Case, rows: list[Row]) -> list[str]:
     return lines
 
 
-def calibration_memory(case: Case) -> str:
-    """Peak memory of onnxpress's default quantize child with the calibration feeds and with 10x them."""
-    say(case.name, "onnxpress calibration memory, 1x and 10x feeds")
-    once, tenfold = (quantize(case, "onnxpress", "onnxpress", {}, repeat=repeat) for repeat in (1, 10))
+def calibration_memory(case: Case, once: Row) -> str:
+    """Peak memory of onnxpress's default quantize child with 10x the calibration feeds, against
+    ``once``, the same child's row with the feeds as they are."""
+    say(case.name, "onnxpress with 10x the calibration feeds")
+    tenfold = quantize(case, "onnxpress", "onnxpress", {}, repeat=10)
     if once.error or tenfold.error:
         return f"{case.name}: onnxpress calibration memory not measured: {once.error or tenfold.error}"
     count = len(case.calibration)
@@ -453,7 +457,8 @@ def main(models: list[str], settings: Settings) -> None:
             score_rows(case, rows)
             print(table(case, rows), flush=True)
             if case.transformer:
-                print(calibration_memory(case), flush=True)
+                ours = next(row for row in rows if row.label == "onnxpress")
+                print(calibration_memory(case, ours), flush=True)
             print(flush=True)
             verdicts += summary(case, rows)
     print("\n".join(verdicts))

@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "onnxpress.passes"
 _BUILTIN = {
     "simplify": "onnxpress.passes.simplify:Simplify",
     "quantize": "onnxpress.passes.quantize:Quantize",
+    "lowrank": "onnxpress.passes.lowrank:LowRank",
 }
 
 _extra: dict[str, type] = {}

@@ -1,5 +1,6 @@
 """Graph transforms, one module per pass (imported as ``onnxpress.passes``)."""
+from onnxpress.passes.lowrank import LowRank
 from onnxpress.passes.quantize import Quantize
 from onnxpress.passes.simplify import Simplify
 
-__all__ = ["Quantize", "Simplify"]
+__all__ = ["LowRank", "Quantize", "Simplify"]

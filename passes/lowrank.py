@@ -1,0 +1,371 @@
+"""LowRank: factor constant MatMul/Gemm weights and 1x1 Conv weights into two thinner layers."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxpress.errors import PassError
+from onnxpress.passes._common import constant, fingerprint
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["svd", "activation"]
+
+# Randomized SVD pays off once the matrix is large and the rank small against it.
+_RANDOMIZED_MIN_DIM = 768
+_RANDOMIZED_MAX_SHARE = 0.25
+
+
+@dataclass
+class _Layer:
+    """One factorable weight: ``y = x @ W`` with W of shape [K, N] (after undoing transposes)."""
+
+    node: ir.Node
+    kind: str  # "matmul", "gemm" or "conv1x1"
+    weight: np.ndarray  # [K, N]
+    activation: str  # name of x
+    singular: np.ndarray | None = None  # spectrum of the (whitened) weight
+    energy_total: float = 0.0
+    kept_energy: float = 0.0
+    rank: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weight.shape  # type: ignore[return-value]
+
+    @property
+    def dense_params(self) -> int:
+        return self.weight.shape[0] * self.weight.shape[1]
+
+    def factored_params(self, rank: int) -> int:
+        return rank * (self.weight.shape[0] + self.weight.shape[1])
+
+    def break_even(self, margin: float) -> int:
+        """Largest rank that still stores ``margin`` fewer parameters than the dense weight."""
+        k, n = self.weight.shape
+        return int(np.floor((1.0 - margin) * k * n / (k + n)))
+
+
+class LowRank(ir.passes.FunctionalPass):
+    """Replace a weight W (K x N) by A (K x r) @ B (r x N) where that stores fewer parameters.
+
+    Applies to MatMul with a constant 2-D weight, Gemm (transA/transB, alpha, beta and bias
+    handled: the bias stays on the second factor) and 1x1 Conv (two 1x1 Convs). A layer is
+    factored only when ``r * (K + N)`` is at least ``min_saving`` below ``K * N``; others are
+    skipped with the reason in the statistics.
+
+    ``method="svd"`` truncates W's singular value decomposition. ``method="activation"``
+    minimises the error of the layer's *output* on calibration data: with C = E[x xᵀ] from the
+    pipeline's activation statistics and S = C^(1/2), it truncates the SVD of S·W and maps the
+    factors back (A = S⁻¹·U_r·Σ_r^½, B = Σ_r^½·V_rᵀ).
+
+    Rank selection (one of): ``rank`` (fixed), ``rank_ratio`` (share of full rank), ``energy``
+    (share of σ² kept), ``budget`` (share of the factored layers' parameters kept in total,
+    allocated across layers greedily by output error removed per parameter), ``tolerance``
+    (largest relative output error per layer, measured through C). Statistics per layer: rank,
+    energy kept, relative output error, parameters and FLOPs before and after.
+
+    Replaced weights become unused initializers; they are removed before returning.
+    """
+
+    def __init__(self, *, method: Method = "svd", rank: int | None = None, rank_ratio: float | None = None,
+                 energy: float | None = None, budget: float | None = None, tolerance: float | None = None,
+                 min_saving: float = 0.1, min_elements: int = 4096, op_types: list[str] | None = None,
+                 exclude: list[str] | None = None, damping: float = 0.01, calibration_samples: int = 256,
+                 randomized: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        if method not in ("svd", "activation"):
+            raise ValueError(f"lowrank: method must be 'svd' or 'activation', got {method!r}")
+        chosen = [name for name, value in (("rank", rank), ("rank_ratio", rank_ratio), ("energy", energy),
+                                           ("budget", budget), ("tolerance", tolerance)) if value is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"lowrank: give one rank selection, got {', '.join(chosen)}")
+        if not chosen:
+            budget = 0.5
+        if rank is not None and rank < 1:
+            raise ValueError(f"lowrank: rank must be >= 1, got {rank}")
+        for name, value in (("rank_ratio", rank_ratio), ("energy", energy), ("budget", budget)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"lowrank: {name} must be in (0, 1], got {value}")
+        if tolerance is not None and not 0.0 < tolerance < 1.0:
+            raise ValueError(f"lowrank: tolerance must be in (0, 1), got {tolerance}")
+        if not 0.0 <= min_saving < 1.0:
+            raise ValueError(f"lowrank: min_saving must be in [0, 1), got {min_saving}")
+        if damping < 0:
+            raise ValueError(f"lowrank: damping must be >= 0, got {damping}")
+        self.method = method
+        self.rank = rank
+        self.rank_ratio = rank_ratio
+        self.energy = energy
+        self.budget = budget
+        self.tolerance = tolerance
+        self.min_saving = min_saving
+        self.min_elements = min_elements
+        self.op_types = list(op_types) if op_types is not None else ["MatMul", "Gemm", "Conv"]
+        self.exclude = list(exclude or [])
+        self.damping = damping
+        self.calibration_samples = calibration_samples
+        self.randomized = randomized
+        self.seed = seed
+        self.context = None
+        self.statistics: dict[str, Any] = {}
+
+    def requires(self, model: ir.Model) -> None:
+        if (self.method == "activation" or self.tolerance is not None) and (
+                self.context is None or self.context.calibration is None):
+            raise ir.passes.PreconditionError(
+                "lowrank: method 'activation' and a tolerance need calibration data "
+                "(run the pass in a Pipeline with calibration=...)")
+
+    # ------------------------------------------------------------------------------- call
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = model.clone()
+        ir.passes.Sequential(common_passes.NameFixPass())(result)
+        layers, skipped = self._layers(result)
+        whitening = self._whitening(result, layers) if layers and self._needs_statistics() else {}
+        spectrum_needed = self.energy is not None or self.budget is not None or self.tolerance is not None
+        for layer in layers:
+            matrix = layer.weight.astype(np.float64)
+            if layer.activation in whitening:
+                matrix = whitening[layer.activation][0] @ matrix
+            layer.energy_total = float(np.sum(matrix * matrix))
+            if spectrum_needed:  # a fixed rank needs only the top triplets, found later
+                layer.singular = np.linalg.svd(matrix, compute_uv=False)
+        self._choose_ranks(layers)
+        report: dict[str, Any] = {}
+        factored = 0
+        for layer in layers:
+            limit = layer.break_even(self.min_saving)
+            name = layer.node.name
+            if layer.rank <= 0 or layer.rank > limit:
+                skipped[name] = (f"rank {layer.rank} would not save {self.min_saving:.0%} of {layer.shape[0]}x"
+                                 f"{layer.shape[1]} (break-even {limit})")
+                continue
+            a, b = self._factors(layer, whitening.get(layer.activation))
+            report[name] = self._describe(layer, a, b, whitening.get(layer.activation))
+            self._rewrite(result, layer, a, b)
+            factored += 1
+        common_passes.RemoveUnusedNodesPass()(result)
+        before = sum(layer.dense_params for layer in layers)
+        after = sum(r["params_after"] for r in report.values()) + sum(
+            layer.dense_params for layer in layers if layer.node.name not in report)
+        self.statistics = {"method": self.method, "factored": factored, "layers": report, "skipped": skipped,
+                           "params_before": before, "params_after": after,
+                           "params_kept": round(after / before, 4) if before else 1.0}
+        logger.info("lowrank: factored %d of %d candidate layers, %d -> %d parameters",
+                    factored, len(layers), before, after)
+        return ir.passes.PassResult(result, modified=fingerprint(result) != fingerprint(model))
+
+    def _needs_statistics(self) -> bool:
+        return self.method == "activation" or self.tolerance is not None
+
+    def _layers(self, model: ir.Model) -> tuple[list[_Layer], dict[str, str]]:
+        layers, skipped = [], {}
+        for node in model.graph:
+            if node.op_type not in self.op_types or node.name in self.exclude or node.op_type in self.exclude:
+                continue
+            layer, reason = _as_layer(node)
+            if layer is None:
+                if reason:
+                    skipped[node.name] = reason
+                continue
+            if layer.weight.size < self.min_elements:
+                skipped[node.name] = f"{layer.weight.size} weights, fewer than min_elements ({self.min_elements})"
+                continue
+            layers.append(layer)
+        return layers, skipped
+
+    def _whitening(self, model: ir.Model, layers: list[_Layer]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per activation: S = C^(1/2) and S⁻¹ from its damped second-moment matrix."""
+        activations = sorted({layer.activation for layer in layers})
+        axes = {name: (1 if any(l.kind == "conv1x1" and l.activation == name for l in layers) else -1)
+                for name in activations}
+        stats = self.context.collect(model, tensors=activations, channel_axes=axes, second_moments=activations,
+                                     limit=self.calibration_samples)
+        result = {}
+        for name in activations:
+            tensor = stats.tensors.get(name)
+            if tensor is None or tensor.second_moment is None or tensor.channel_rows == 0:
+                continue
+            moment = tensor.second_moment / tensor.channel_rows
+            moment += np.eye(moment.shape[0]) * self.damping * max(np.trace(moment) / moment.shape[0], 1e-12)
+            values, vectors = np.linalg.eigh(moment)
+            values = np.maximum(values, 1e-12)
+            root = (vectors * np.sqrt(values)) @ vectors.T
+            inverse = (vectors / np.sqrt(values)) @ vectors.T
+            result[name] = (root, inverse)
+        return result
+
+    # ------------------------------------------------------------------------- rank choice
+
+    def _choose_ranks(self, layers: list[_Layer]) -> None:
+        for layer in layers:
+            full = min(layer.shape)
+            spectrum = layer.singular
+            if self.rank is not None:
+                layer.rank = min(self.rank, full)
+            elif self.rank_ratio is not None:
+                layer.rank = max(1, int(round(self.rank_ratio * full)))
+            elif self.energy is not None:
+                share = np.cumsum(spectrum ** 2) / max(layer.energy_total, 1e-30)
+                layer.rank = int(np.searchsorted(share, self.energy - 1e-12) + 1)
+            elif self.tolerance is not None:
+                # Relative output error of rank r: sqrt(sum of the dropped σ² / total σ²).
+                tail = np.sqrt(np.maximum(layer.energy_total - np.cumsum(spectrum ** 2), 0) /
+                               max(layer.energy_total, 1e-30))
+                layer.rank = int(np.argmax(tail <= self.tolerance) + 1) if np.any(tail <= self.tolerance) else full
+        if self.budget is not None:
+            self._allocate(layers)
+
+    def _allocate(self, layers: list[_Layer]) -> None:
+        """Greedy: keep the components with the most relative output energy per parameter until
+        the factored layers' parameters reach ``budget`` of their dense total. A layer whose rank
+        passes its break-even point is kept dense instead (no error, K·N parameters)."""
+        total = sum(layer.dense_params for layer in layers)
+        allowance = self.budget * total
+        for layer in layers:
+            layer.rank = 0
+        dense: set[int] = set()
+        while True:
+            spent = sum(layers[i].dense_params for i in dense)
+            candidates = []
+            for index, layer in enumerate(layers):
+                if index in dense:
+                    continue
+                gain = layer.singular ** 2 / max(layer.energy_total, 1e-30)
+                cost = layer.shape[0] + layer.shape[1]
+                candidates += [(g / cost, index) for g in gain[: layer.break_even(self.min_saving)]]
+            candidates.sort(key=lambda item: -item[0])
+            ranks = {index: 0 for index in range(len(layers)) if index not in dense}
+            for _, index in candidates:
+                cost = layers[index].shape[0] + layers[index].shape[1]
+                if spent + cost > allowance:
+                    break
+                ranks[index] += 1
+                spent += cost
+            for index, rank in ranks.items():
+                layers[index].rank = rank
+            # A layer at its break-even rank gains nothing by factoring: make it dense and
+            # re-spread what is left, once the budget allows it.
+            promote = [i for i, r in ranks.items() if r >= layers[i].break_even(self.min_saving)
+                       and sum(layers[j].dense_params for j in dense | {i}) + sum(
+                           layers[j].factored_params(ranks[j]) for j in ranks if j != i) <= allowance]
+            if not promote:
+                break
+            dense.add(promote[0])
+        for index in dense:
+            layers[index].rank = 0  # marks "left dense"; the statistics say why
+
+    # ----------------------------------------------------------------------------- factors
+
+    def _factors(self, layer: _Layer, whitening) -> tuple[np.ndarray, np.ndarray]:
+        matrix = layer.weight.astype(np.float64)
+        if whitening is not None:
+            matrix = whitening[0] @ matrix
+        u, s, vt = _truncated_svd(matrix, layer.rank, self.randomized, self.seed)
+        layer.kept_energy = float(np.sum(s ** 2))
+        root = np.sqrt(s)
+        a = u * root
+        b = root[:, None] * vt
+        if whitening is not None:
+            a = whitening[1] @ a
+        return a.astype(layer.weight.dtype), b.astype(layer.weight.dtype)
+
+    def _describe(self, layer: _Layer, a: np.ndarray, b: np.ndarray, whitening) -> dict[str, Any]:
+        k, n = layer.shape
+        kept = layer.kept_energy / max(layer.energy_total, 1e-30)
+        error = a.astype(np.float64) @ b - layer.weight
+        if whitening is not None:
+            relative = float(np.linalg.norm(whitening[0] @ error) / max(np.linalg.norm(whitening[0] @ layer.weight), 1e-30))
+        else:
+            relative = float(np.linalg.norm(error) / max(np.linalg.norm(layer.weight), 1e-30))
+        return {"shape": [k, n], "rank": layer.rank, "energy_kept": round(kept, 6),
+                "relative_error": round(relative, 6), "output_error_measured": whitening is not None,
+                "params_before": k * n, "params_after": layer.rank * (k + n),
+                "flops_per_row_before": 2 * k * n, "flops_per_row_after": 2 * layer.rank * (k + n)}
+
+    def _rewrite(self, model: ir.Model, layer: _Layer, a: np.ndarray, b: np.ndarray) -> None:
+        node = layer.node
+        graph = model.graph
+        base = node.name
+        a_value = _initializer(graph, f"{base}_lowrank_a", a)
+        b_value = _initializer(graph, f"{base}_lowrank_b", b)
+        if layer.kind == "matmul":
+            first = ir.node("MatMul", [node.inputs[0], a_value], name=f"{base}_lowrank_1")
+            second = ir.node("MatMul", [first.outputs[0], b_value], name=f"{base}_lowrank_2")
+        elif layer.kind == "gemm":
+            attrs = {attr.name: attr.value for attr in node.attributes.values()}
+            alpha, trans_a = attrs.get("alpha", 1.0), attrs.get("transA", 0)
+            first = ir.node("Gemm", [node.inputs[0], a_value], attributes={"alpha": float(alpha), "transA": trans_a},
+                            name=f"{base}_lowrank_1")
+            inputs = [first.outputs[0], b_value] + ([node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else [])
+            second = ir.node("Gemm", inputs, attributes={"beta": float(attrs.get("beta", 1.0))}, name=f"{base}_lowrank_2")
+        else:  # 1x1 Conv: weights [N, K, 1, 1]; the first conv keeps strides, pads and dilations
+            attrs = {attr.name: attr.value for attr in node.attributes.values() if attr.name != "group"}
+            a_value.const_value = ir.tensor(a.T[:, :, None, None].copy(), name=a_value.name)
+            b_value.const_value = ir.tensor(b.T[:, :, None, None].copy(), name=b_value.name)
+            first = ir.node("Conv", [node.inputs[0], a_value], attributes=attrs, name=f"{base}_lowrank_1")
+            inputs = [first.outputs[0], b_value] + ([node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else [])
+            second = ir.node("Conv", inputs, attributes={"kernel_shape": [1, 1]}, name=f"{base}_lowrank_2")
+        first.outputs[0].name = f"{base}_lowrank_hidden"
+        graph.insert_before(node, [first, second])
+        output = node.outputs[0]
+        name = output.name
+        output.replace_all_uses_with(second.outputs[0], replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        output.name = None  # the tensor keeps its name: consumers and graph outputs see no change
+        second.outputs[0].name = name
+        second.outputs[0].type, second.outputs[0].shape = output.type, output.shape
+
+
+def _as_layer(node: ir.Node) -> tuple[_Layer | None, str]:
+    """The node as ``x @ W`` with a constant 2-D W, or None and why not."""
+    weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if node.inputs[0] is None or not node.inputs[0].name:
+        return None, ""
+    if node.op_type == "MatMul":
+        if weight is None:
+            return None, ""
+        if weight.ndim != 2:
+            return None, f"batched MatMul weight of rank {weight.ndim} left alone"
+        return _Layer(node, "matmul", weight, node.inputs[0].name), ""
+    if node.op_type == "Gemm":
+        if weight is None:
+            return None, "Gemm weight is not constant"
+        trans_b = node.attributes["transB"].value if "transB" in node.attributes else 0
+        return _Layer(node, "gemm", weight.T if trans_b else weight, node.inputs[0].name), ""
+    if node.op_type == "Conv":
+        if weight is None or weight.ndim != 4 or weight.shape[2:] != (1, 1):
+            return None, ""
+        group = node.attributes["group"].value if "group" in node.attributes else 1
+        if group != 1:
+            return None, "grouped 1x1 Conv left alone"
+        return _Layer(node, "conv1x1", weight[:, :, 0, 0].T, node.inputs[0].name), ""
+    return None, ""
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _truncated_svd(matrix: np.ndarray, rank: int, randomized: bool, seed: int):
+    """The top ``rank`` singular triplets; randomized (Halko et al.) when the matrix is large."""
+    k, n = matrix.shape
+    if randomized and min(k, n) >= _RANDOMIZED_MIN_DIM and rank <= _RANDOMIZED_MAX_SHARE * min(k, n):
+        rng = np.random.default_rng(seed)
+        sketch = matrix @ rng.standard_normal((n, rank + max(10, rank // 2)))  # oversampled
+        for _ in range(4):  # power iterations: weight spectra decay slowly
+            sketch = matrix @ (matrix.T @ np.linalg.qr(sketch)[0])
+        basis = np.linalg.qr(sketch)[0]
+        u_small, s, vt = np.linalg.svd(basis.T @ matrix, full_matrices=False)
+        return (basis @ u_small)[:, :rank], s[:rank], vt[:rank]
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    return u[:, :rank], s[:rank], vt[:rank]
