@@ -3,9 +3,10 @@
 For each model (the bundled digits CNN, ResNet-18 and MobileNetV3-small with seeded random
 weights, the MiniLM sentence encoder) one table compares the fp32 model, ONNX Runtime's
 ``quantize_static`` (QDQ, per channel, MinMax) and ``quantize_dynamic`` (int8 weights),
-``nncf.quantize``, and onnxpress's ``Quantize`` pass with default options (and, for the CNNs
-where int8 may not pay, ``latency_aware=True``). Every quantizer gets the same calibration
-feeds and reads the fp32 model from a private temporary folder.
+``nncf.quantize``, and onnxpress's ``Quantize`` pass with default options (and, for the digits
+CNN and MobileNetV3-small, where int8 may not pay on a CPU, ``latency_aware=True``). Every
+quantizer gets the same calibration feeds and reads the fp32 model from a private temporary
+folder.
 
 Columns: file size and its ratio to fp32; CPU latency (median, batch 1, one representative
 feed) at 1 and 2 intra-op threads and the speed-ups over fp32; ONNX Runtime's int8 and float
@@ -14,9 +15,10 @@ save) and peak resident memory (VmHWM), each quantizer alone in a fresh process,
 part the step added over the process after its imports; accuracy against fp32 (digits: top-1
 accuracy on the held-out images and top-1 agreement; CNNs: output cosine and top-1 agreement
 on held-out random images; MiniLM: mean embedding cosine and Spearman correlation of the
-pairwise sentence similarities). For MiniLM one more line gives the peak memory of onnxpress's
-quantize child with the calibration sentences repeated 10x. Latencies are medians over interleaved rounds, so slow drift
-of a noisy machine hits every method alike. MB are 2**20 bytes.
+pairwise sentence similarities). For MiniLM one more line gives the peak memory of
+onnxpress's quantize child with the calibration sentences repeated 10x. Latencies are medians
+over interleaved rounds, so slow drift of a noisy machine hits every method alike. MB are
+2**20 bytes.
 
 Run: `.venv/bin/python benchmarks/quantize.py [--models digits,resnet18,mobilenet_v3_small,minilm] [--quick]`.
 """
@@ -63,8 +65,8 @@ class Settings:
 
 FULL = Settings(digits_calibration=200, image_calibration=32, image_evaluation=16, sentences=100,
                 rounds=3, min_runs=50, min_seconds=1.0)
-QUICK = Settings(digits_calibration=50, image_calibration=8, image_evaluation=8, sentences=30,
-                 rounds=1, min_runs=10, min_seconds=0.2)
+QUICK = Settings(digits_calibration=50, image_calibration=4, image_evaluation=4, sentences=10,
+                 rounds=1, min_runs=5, min_seconds=0.1)
 
 
 @dataclasses.dataclass
@@ -125,8 +127,9 @@ def child(job: dict[str, Any]) -> None:
     start = time.perf_counter()
     note = quantizer(Path(job["source"]), Path(job["target"]), feeds, job["options"])
     seconds = time.perf_counter() - start
-    print(_RESULT + json.dumps({"seconds": seconds, "peak_mb": _status_mb("VmHWM"),
-                                "step_mb": _status_mb("VmHWM") - base_mb, "note": note}), flush=True)
+    peak_mb = _status_mb("VmHWM")
+    print(_RESULT + json.dumps({"seconds": seconds, "peak_mb": peak_mb, "step_mb": peak_mb - base_mb, "note": note}),
+          flush=True)
 
 
 def _status_mb(key: str) -> float:
@@ -196,8 +199,8 @@ def _describe(stats: dict[str, Any]) -> str:
         parts.append(f"smoothquant {stats['smoothquant_alpha']}")
     latency = stats.get("latency")
     if latency:
-        parts.append(f"own timing fp32 {latency['fp32_ms']:.3f} ms, int8 {latency['int8_ms']:.3f} ms, "
-                     f"kept {latency['final_ms']:.3f} ms")
+        parts.append(f"own timing fp32 {latency['fp32_ms']:.4g} ms, int8 {latency['int8_ms']:.4g} ms, "
+                     f"kept {latency['final_ms']:.4g} ms")
         if latency.get("kept_fp32"):
             parts.append("int8 slower: kept fp32")
         elif latency["groups_left_float"]:
@@ -253,23 +256,22 @@ def prepare(name: str, settings: Settings, folder: Path) -> Case:
 
         from onnxpress.samples import architectures
 
-        calibration = _images(settings.image_calibration, seed=0)
-        evaluation = _images(settings.image_evaluation, seed=1)
         say(name, "export")
-        model = ox.export(getattr(architectures, name)(), torch.from_numpy(evaluation[0]["input"]))
+        example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        model = ox.export(getattr(architectures, name)(), example)
         input_name = runtime.input_specs(model)[0].name
-        rename = lambda feeds: [{input_name: feed["input"]} for feed in feeds]  # noqa: E731
-        case = Case(name, folder, rename(calibration), rename(evaluation), rename(evaluation)[0],
+        evaluation = _images(settings.image_evaluation, 1, input_name)
+        case = Case(name, folder, _images(settings.image_calibration, 0, input_name), evaluation, evaluation[0],
                     latency_aware_row=name == "mobilenet_v3_small")
     ox.save(model, case.fp32)
     _write_feeds(case.calibration, case.feeds_file)
     return case
 
 
-def _images(count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """``count`` seeded standard-normal images [1, 3, 224, 224]."""
+def _images(count: int, seed: int, input_name: str) -> list[dict[str, np.ndarray]]:
+    """``count`` feeds of seeded standard-normal images [1, 3, 224, 224]."""
     rng = np.random.default_rng(seed)
-    return [{"input": rng.standard_normal((1, 3, 224, 224), dtype=np.float32)} for _ in range(count)]
+    return [{input_name: rng.standard_normal((1, 3, 224, 224), dtype=np.float32)} for _ in range(count)]
 
 
 def methods(case: Case) -> list[tuple[str, str, dict[str, Any]]]:
@@ -332,13 +334,13 @@ def score_rows(case: Case, rows: list[Row]) -> None:
             continue
         model = ox.load(row.path)
         row.size_mb = row.path.stat().st_size / _MB
-        census = runtime.kernel_census(model)
-        row.kernels = f"{census['int8']}/{census['float']}"
         try:
+            census = runtime.kernel_census(model)
             outputs = runtime.run_model(model, case.evaluation)
         except runtime.ort_errors() as err:
             row.error = f"ONNX Runtime cannot run the result: {str(err).strip().splitlines()[0]}"
             continue
+        row.kernels = f"{census['int8']}/{census['float']}"
         reference = outputs if reference is None else reference
         row.scores = accuracy(case, reference, outputs)
 
@@ -372,7 +374,7 @@ def table(case: Case, rows: list[Row]) -> str:
     """The per-model table: one line per method, failed methods with their reason."""
     fp32 = rows[0]
     score_names = list(fp32.scores)
-    header = ["method", "size MB", "size x", "1T ms", "2T ms", "speedup 1T", "speedup 2T", "int8/float",
+    header = ["method", "size MB", "size ratio", "1T ms", "2T ms", "speedup 1T", "speedup 2T", "int8/float",
               "quant s", "peak MB", "step MB", *score_names, "note"]
     lines = [header]
     for row in rows:
@@ -381,7 +383,7 @@ def table(case: Case, rows: list[Row]) -> str:
         quantized = row is not fp32
         lines.append([
             row.label, f"{row.size_mb:.2f}", f"{row.size_mb / fp32.size_mb:.3f}",
-            f"{row.median_ms(1):.3f}", f"{row.median_ms(2):.3f}",
+            f"{row.median_ms(1):.4g}", f"{row.median_ms(2):.4g}",
             f"{fp32.median_ms(1) / row.median_ms(1):.2f}", f"{fp32.median_ms(2) / row.median_ms(2):.2f}",
             row.kernels, f"{row.seconds:.2f}" if quantized else "-", f"{row.peak_mb:.0f}" if quantized else "-",
             f"{row.step_mb:.0f}" if quantized else "-", *(f"{row.scores[name]:.4f}" for name in score_names),
@@ -418,7 +420,7 @@ def summary(case: Case, rows: list[Row]) -> list[str]:
         if peers:
             fastest = min(peers, key=lambda peer: peer.median_ms(1))
             fast = (f"{'yes' if row.median_ms(1) <= fastest.median_ms(1) else 'no'} "
-                    f"({row.median_ms(1):.3f} vs {fastest.median_ms(1):.3f} ms {fastest.label}, 1 thread)")
+                    f"({row.median_ms(1):.4g} vs {fastest.median_ms(1):.4g} ms {fastest.label}, 1 thread)")
         else:
             fast = "n/a (ORT static and NNCF failed)"
         lines.append(f"{case.name} / {row.label}: onnxpress accuracy >= ORT static: {accurate}; "

@@ -44,6 +44,8 @@ class TensorStats:
     channel_sqsum: np.ndarray | None = None
     channel_rows: int = 0
     second_moment: np.ndarray | None = None
+    _pending: list = field(default_factory=list, repr=False)
+    _pending_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.hist_pos is None:
@@ -94,7 +96,8 @@ class TensorStats:
         axis = self.channel_axis if self.channel_axis >= 0 else data.ndim + self.channel_axis
         if axis >= data.ndim:
             return
-        rows = np.moveaxis(data, axis, -1).reshape(-1, data.shape[axis]).astype(np.float64)
+        rows32 = np.moveaxis(data, axis, -1).reshape(-1, data.shape[axis])
+        rows = rows32.astype(np.float64)
         if self.channel_absmax is None:
             channels = rows.shape[1]
             self.channel_absmax = np.zeros(channels)
@@ -109,8 +112,20 @@ class TensorStats:
         self.channel_sum += rows.sum(0)
         self.channel_sqsum += (rows * rows).sum(0)
         if self.second_moment is not None:
-            self.second_moment += rows.T @ rows
+            # Adding a C x C product per sample costs more than the product itself for short
+            # samples: rows are batched (bounded: about 2048 rows) and multiplied together.
+            self._pending.append(np.ascontiguousarray(rows32, dtype=np.float32))
+            self._pending_rows += rows32.shape[0]
+            if self._pending_rows >= 2048:
+                self.flush()
         self.channel_rows += rows.shape[0]
+
+    def flush(self) -> None:
+        """Fold batched rows into ``second_moment`` (``collect`` calls it at the end)."""
+        if self._pending and self.second_moment is not None:
+            block = np.concatenate(self._pending)
+            self.second_moment += block.T @ block  # float32 products, summed in float64
+        self._pending, self._pending_rows = [], 0
 
     # ----------------------------------------------------------------------------- ranges
 
@@ -232,6 +247,8 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
             done += 1
             if progress:
                 progress(done, total)
+    for tensor in stats.values():
+        tensor.flush()
     if done == 0:
         from onnxpress.errors import DataError
 
