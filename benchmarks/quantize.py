@@ -199,8 +199,8 @@ def _describe(stats: dict[str, Any]) -> str:
         parts.append(f"smoothquant {stats['smoothquant_alpha']}")
     latency = stats.get("latency")
     if latency:
-        parts.append(f"own timing fp32 {latency['fp32_ms']:.4g} ms, int8 {latency['int8_ms']:.4g} ms, "
-                     f"kept {latency['final_ms']:.4g} ms")
+        parts.append(f"own timing fp32 {latency['fp32_ms']:#.4g} ms, int8 {latency['int8_ms']:#.4g} ms, "
+                     f"kept {latency['final_ms']:#.4g} ms")
         if latency.get("kept_fp32"):
             parts.append("int8 slower: kept fp32")
         elif latency["groups_left_float"]:
@@ -383,7 +383,7 @@ def table(case: Case, rows: list[Row]) -> str:
         quantized = row is not fp32
         lines.append([
             row.label, f"{row.size_mb:.2f}", f"{row.size_mb / fp32.size_mb:.3f}",
-            f"{row.median_ms(1):.4g}", f"{row.median_ms(2):.4g}",
+            f"{row.median_ms(1):#.4g}", f"{row.median_ms(2):#.4g}",
             f"{fp32.median_ms(1) / row.median_ms(1):.2f}", f"{fp32.median_ms(2) / row.median_ms(2):.2f}",
             row.kernels, f"{row.seconds:.2f}" if quantized else "-", f"{row.peak_mb:.0f}" if quantized else "-",
             f"{row.step_mb:.0f}" if quantized else "-", *(f"{row.scores[name]:.4f}" for name in score_names),
@@ -420,7 +420,7 @@ def summary(case: Case, rows: list[Row]) -> list[str]:
         if peers:
             fastest = min(peers, key=lambda peer: peer.median_ms(1))
             fast = (f"{'yes' if row.median_ms(1) <= fastest.median_ms(1) else 'no'} "
-                    f"({row.median_ms(1):.4g} vs {fastest.median_ms(1):.4g} ms {fastest.label}, 1 thread)")
+                    f"({row.median_ms(1):#.4g} vs {fastest.median_ms(1):#.4g} ms {fastest.label}, 1 thread)")
         else:
             fast = "n/a (ORT static and NNCF failed)"
         lines.append(f"{case.name} / {row.label}: onnxpress accuracy >= ORT static: {accurate}; "

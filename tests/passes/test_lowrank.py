@@ -212,3 +212,33 @@ def test_lowrank_then_quantize_in_one_recipe(tmp_path):
 
     report = validate(result.model, reference=model, data=feeds, measure_memory=False, measure_latency=False)
     assert report.metrics["y"].cosine > 0.99 and report.unplaced == []
+
+
+def test_budget_allocation_weighs_layers_by_measured_sensitivity():
+    # Two chained layers with a Tanh between them: their errors reach the output differently.
+    # The measured allocation moves rank towards the more sensitive layer and lowers the
+    # output error at the same budget.
+    k = 96
+    first, second = _low_rank_weight(k, k, 40, seed=9) * 3, _low_rank_weight(k, k, 40, seed=10) / 4
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[B, {k}] x) => (float[B, {k}] y)
+    <float[{k}, {k}] w1 = {{{_fmt(first)}}}, float[{k}, {k}] w2 = {{{_fmt(second)}}}>
+    {{ h = MatMul(x, w1)
+       t = Tanh(h)
+       y = MatMul(t, w2) }}
+    """)
+    model.graph.node(0).name, model.graph.node(2).name = "first", "second"
+    calib, held_out = _feeds(k, count=30), _feeds(k, count=6, seed=7)
+    results = {}
+    for measure in (True, False):
+        lowrank = ox.passes.LowRank(method="activation", budget=0.4, measure_sensitivity=measure)
+        result = ox.Pipeline([lowrank], golden_samples=0).run(model, calibration=calib)
+        diff = [ort_run(result.model, f)[0] - ort_run(model, f)[0] for f in held_out]
+        results[measure] = (lowrank.statistics["layers"], float(np.sqrt(np.mean(np.square(diff)))))
+    measured, blind = results[True][0], results[False][0]
+    assert all(layer["sensitivity"] == 1.0 for layer in blind.values())
+    sensitive = max(measured, key=lambda name: measured[name]["sensitivity"])
+    assert measured[sensitive]["sensitivity"] > 1.2 * min(layer["sensitivity"] for layer in measured.values())
+    assert measured[sensitive]["rank"] > blind[sensitive]["rank"]
+    assert results[True][1] < results[False][1]
