@@ -84,7 +84,8 @@ class LowRank(ir.passes.FunctionalPass):
                  energy: float | None = None, budget: float | None = None, tolerance: float | None = None,
                  min_saving: float = 0.1, min_elements: int = 4096, op_types: list[str] | None = None,
                  exclude: list[str] | None = None, damping: float = 0.01, calibration_samples: int = 256,
-                 randomized: bool = True, measure_sensitivity: bool = True, seed: int = 0) -> None:
+                 randomized: bool = True, measure_sensitivity: bool = True, sensitivity_rounds: int = 2,
+                 seed: int = 0) -> None:
         super().__init__()
         if method not in ("svd", "activation"):
             raise ValueError(f"lowrank: method must be 'svd' or 'activation', got {method!r}")
@@ -118,7 +119,10 @@ class LowRank(ir.passes.FunctionalPass):
         self.damping = damping
         self.calibration_samples = calibration_samples
         self.randomized = randomized
+        if sensitivity_rounds < 1:
+            raise ValueError(f"lowrank: sensitivity_rounds must be >= 1, got {sensitivity_rounds}")
         self.measure_sensitivity = measure_sensitivity
+        self.sensitivity_rounds = sensitivity_rounds
         self.seed = seed
         self.context = None
         self.statistics: dict[str, Any] = {}
@@ -146,10 +150,16 @@ class LowRank(ir.passes.FunctionalPass):
             if spectrum_needed:  # a fixed rank needs only the top triplets, found later
                 layer.decomposition = _gram_svd(matrix)
                 layer.singular = layer.decomposition[1]
+        self._choose_ranks(layers)
         if self.budget is not None and self.measure_sensitivity and self.context is not None \
                 and self.context.calibration is not None:
-            self._measure_sensitivity(result, layers, whitening)
-        self._choose_ranks(layers)
+            # Measured at the uniform rank first, then again at the ranks that allocation gave:
+            # the second measurement is closer to the error each layer will really have.
+            for layer in layers:
+                layer.rank = 0
+            for _ in range(self.sensitivity_rounds):
+                self._measure_sensitivity(result, layers, whitening)
+                self._allocate(layers)
         report: dict[str, Any] = {}
         factored = 0
         for layer in layers:
@@ -241,7 +251,8 @@ class LowRank(ir.passes.FunctionalPass):
         reference = context.outputs(model)
         uniform = self.budget * sum(l.dense_params for l in layers) / sum(sum(l.shape) for l in layers)
         for index, layer in enumerate(layers):
-            rank = max(1, min(int(uniform), layer.break_even(0.0), min(layer.shape)))
+            rank = layer.rank if layer.rank > 0 else int(uniform)
+            rank = max(1, min(rank, layer.break_even(0.0), min(layer.shape)))
             tail = float(np.sum(layer.singular[rank:] ** 2)) / max(layer.energy_total, 1e-30)
             if tail <= 1e-12:
                 continue
