@@ -25,6 +25,7 @@ _BUILTIN = {
     "simplify": "onnxpress.passes.simplify:Simplify",
     "quantize": "onnxpress.passes.quantize:Quantize",
     "lowrank": "onnxpress.passes.lowrank:LowRank",
+    "prune": "onnxpress.passes.prune:Prune",
 }
 
 _extra: dict[str, type] = {}

@@ -1,0 +1,149 @@
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import onnxpress as ox
+from onnxpress import runtime, samples
+from onnxpress.metrics import accuracy
+
+from conftest import onnx_check, ort_run
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data, labels = samples.digits_eval()
+    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
+
+
+def _weights(model: ir.Model) -> dict[str, np.ndarray]:
+    return {n.name: n.inputs[1].const_value.numpy() for n in model.graph
+            if n.op_type in ("Conv", "Gemm") and n.inputs[1].const_value is not None}
+
+
+def test_unstructured_pruned_weights_are_exactly_zero_where_reported(digits):
+    model, calib, _, _ = digits
+    prune = ox.passes.Prune(sparsity=0.4)
+    result = ox.Pipeline([prune]).run(model, calibration=calib)
+    before, after = _weights(model), _weights(result.model)
+    for name, layer in prune.statistics["layers"].items():
+        weight = after[name]
+        assert layer["nonzero"] == np.count_nonzero(weight)
+        assert layer["sparsity"] == pytest.approx(0.4, abs=0.01)
+        kept = weight != 0  # the survivors are the largest magnitudes, unchanged
+        assert np.abs(before[name][kept]).min() >= np.abs(before[name][~kept]).max() - 1e-7
+        np.testing.assert_array_equal(weight[kept], before[name][kept])
+    onnx_check(result.model)
+
+
+def test_global_scope_uses_one_threshold(digits):
+    model, calib, _, _ = digits
+    prune = ox.passes.Prune(sparsity=0.5, scope="global")
+    ox.Pipeline([prune]).run(model, calibration=calib)
+    sparsities = [layer["sparsity"] for layer in prune.statistics["layers"].values()]
+    assert max(sparsities) - min(sparsities) > 0.1 and prune.statistics["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_n_m_patterns_hold_in_every_group(digits):
+    model, calib, _, _ = digits
+    result = ox.Pipeline([ox.passes.Prune(granularity="n:m", n=2, m=4)]).run(model, calibration=calib)
+    for node in result.model.graph:
+        if node.op_type == "Conv":
+            weight = node.inputs[1].const_value.numpy()  # [O, I, kh, kw]: groups along I
+            moved = np.moveaxis(weight, 1, -1)
+            length = moved.shape[-1] // 4 * 4
+            groups = moved[..., :length].reshape(*moved.shape[:-1], -1, 4)
+            assert (np.count_nonzero(groups, axis=-1) <= 2).all()
+        if node.op_type == "Gemm":
+            weight = node.inputs[1].const_value.numpy()  # transB=1: [N, K], groups along K
+            groups = weight[:, : weight.shape[1] // 4 * 4].reshape(weight.shape[0], -1, 4)
+            assert (np.count_nonzero(groups, axis=-1) <= 2).all()
+
+
+def test_structured_pruning_removes_channels_and_keeps_the_graph_valid(digits):
+    model, calib, data, labels = digits
+    prune = ox.passes.Prune(granularity="structured", criterion="importance", sparsity=0.3)
+    result = ox.Pipeline([prune]).run(model, calibration=calib)
+    layers = prune.statistics["layers"]
+    assert {name: layer["channels_after"] for name, layer in layers.items()} == {
+        "node_Conv_26": 22, "node_Conv_27": 45, "node_linear": 45}
+    assert "first or last" in prune.statistics["skipped"]["node_Conv_25"]
+    assert result.records[0].params_after < 0.6 * result.records[0].params_before
+    assert accuracy(runtime.run_model(result.model, data), labels) > 0.95
+    onnx_check(result.model)
+
+
+def test_structured_outputs_equal_the_original_when_removed_channels_are_zero(rng):
+    # Channels 1 and 3 of the first conv are all-zero (weights and bias): removing them, their
+    # BatchNormalization entries, and the next conv's matching input channels changes nothing.
+    w1 = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    w1[[1, 3]] = 0
+    b1 = rng.standard_normal(6).astype(np.float32)
+    b1[[1, 3]] = 0
+    w2 = rng.standard_normal((4, 6, 1, 1)).astype(np.float32)
+    fmt = lambda a: ", ".join(f"{v:.6f}" for v in a.ravel())  # noqa: E731
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[1, 2, 5, 5] x) => (float[1, 4, 5, 5] y)
+    <float[6, 2, 3, 3] w1 = {{{fmt(w1)}}}, float[6] b1 = {{{fmt(b1)}}}, float[6] s = {{1, 1, 1, 1, 1, 1}},
+     float[6] t = {{0, 0, 0, 0, 0, 0}}, float[6] mu = {{0, 0, 0, 0, 0, 0}}, float[6] var = {{1, 1, 1, 1, 1, 1}},
+     float[4, 6, 1, 1] w2 = {{{fmt(w2)}}}>
+    {{
+        c = Conv <pads = [1, 1, 1, 1]> (x, w1, b1)
+        n = BatchNormalization (c, s, t, mu, var)
+        r = Relu(n)
+        y = Conv(r, w2)
+    }}
+    """)
+    model.graph.node(0).name, model.graph.node(3).name = "conv1", "conv2"
+    prune = ox.passes.Prune(granularity="structured", sparsity=2 / 6, skip_first_last=False, min_channels=1,
+                            op_types=["Conv"])
+    result = prune(model)
+    first = result.model.graph.node(0)
+    assert first.inputs[1].const_value.shape == (4, 2, 3, 3)
+    assert prune.statistics["layers"]["conv1"]["removed"] == 2
+    assert "graph output" in prune.statistics["skipped"]["conv2"]
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(result.model, {"x": x})[0], ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_residual_joins_are_left_alone_with_the_reason(rng):
+    w = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    fmt = ", ".join(f"{v:.5f}" for v in w.ravel())
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[1, 4, 6, 6] x) => (float[1, 4, 6, 6] y)
+    <float[4, 4, 3, 3] w1 = {{{fmt}}}, float[4, 4, 3, 3] w2 = {{{fmt}}}>
+    {{
+        a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        r = Relu(a)
+        s = Add(r, x)
+        y = Conv <pads = [1, 1, 1, 1]> (s, w2)
+    }}
+    """)
+    model.graph.node(0).name, model.graph.node(3).name = "conv1", "conv2"
+    prune = ox.passes.Prune(granularity="structured", sparsity=0.5, skip_first_last=False, min_channels=1,
+                            op_types=["Conv"])
+    result = prune(model)
+    assert "channels reach Add 'node" in prune.statistics["skipped"]["conv1"]
+    assert "graph output" in prune.statistics["skipped"]["conv2"]
+    assert result.modified is False
+
+
+def test_criteria_order_on_structured_pruning(digits):
+    model, calib, data, labels = digits
+    scores = {}
+    for criterion in ("importance", "magnitude", "random"):
+        result = ox.Pipeline([ox.passes.Prune(granularity="structured", criterion=criterion, sparsity=0.3)]
+                             ).run(model, calibration=calib)
+        scores[criterion] = accuracy(runtime.run_model(result.model, data), labels)
+    assert scores["importance"] > scores["magnitude"] > scores["random"]
+
+
+def test_importance_needs_calibration_and_bad_options(digits):
+    model, _, _, _ = digits
+    with pytest.raises(ox.PipelineError, match="prune: criterion 'importance' needs calibration"):
+        ox.Pipeline([ox.passes.Prune(criterion="importance")]).run(model)
+    with pytest.raises(ValueError, match="prune: sparsity must be in"):
+        ox.passes.Prune(sparsity=1.0)
+    with pytest.raises(ValueError, match="prune: n:m needs 0 < n < m"):
+        ox.passes.Prune(granularity="n:m", n=4, m=4)
