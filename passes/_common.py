@@ -134,3 +134,42 @@ def fold_batchnorm(model: ir.Model) -> int:
             conv_out.name = name
         folded += 1
     return folded
+
+
+def model_flops(model: ir.Model) -> int:
+    """Multiply-adds x 2 of the Conv, Gemm and MatMul nodes for one sample (symbolic dims = 1).
+
+    Needs output shapes (run shape inference first); nodes whose shapes are unknown count 0.
+    """
+    import numpy as np
+
+    total = 0
+    for node in model.graph.all_nodes():
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2 or node.inputs[1] is None:
+            continue
+        weight_value = node.inputs[1]
+        out_shape = node.outputs[0].shape
+        weight_shape = weight_value.const_value.shape if weight_value.const_value is not None else weight_value.shape
+        if out_shape is None or weight_shape is None:
+            continue
+        out = [d if isinstance(d, int) else 1 for d in out_shape]
+        weight = [d if isinstance(d, int) else 1 for d in weight_shape]
+        if node.op_type == "Conv":  # each output element sums C_in/group x kernel products
+            total += 2 * int(np.prod(out)) * int(np.prod(weight[1:]))
+        else:  # each output element sums K products
+            trans_b = node.op_type == "Gemm" and "transB" in node.attributes and node.attributes["transB"].value
+            inner = weight[-1] if trans_b else weight[-2] if len(weight) >= 2 else weight[0]
+            total += 2 * int(np.prod(out)) * inner
+    return total
+
+
+def deflated_size(model: ir.Model) -> int | None:
+    """Bytes of the saved model after deflate (what unstructured sparsity buys on disk), or None
+    past the protobuf limit."""
+    import zlib
+
+    from onnxpress import _proto
+
+    if not _proto.fits_in_protobuf(model):
+        return None
+    return len(zlib.compress(_proto.to_bytes(model), 6))
