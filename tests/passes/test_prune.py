@@ -148,3 +148,49 @@ def test_importance_needs_calibration_and_bad_options(digits):
         ox.passes.Prune(sparsity=1.0)
     with pytest.raises(ValueError, match="prune: n:m needs 0 < n < m"):
         ox.passes.Prune(granularity="n:m", n=4, m=4)
+
+
+def test_concat_joins_shift_the_removed_channels(rng):
+    # conv_b (kept, 4 channels) and conv_a (pruned) are concatenated: the channels removed from
+    # conv_a sit at offset 4 in the consumer's input.
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w1[[0, 5]] = 0  # all-zero channels: removing them must not change the output
+    w2 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w3 = rng.standard_normal((5, 12, 1, 1)).astype(np.float32)
+    fmt = lambda a: ", ".join(f"{v:.6f}" for v in a.ravel())  # noqa: E731
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    g (float[1, 3, 6, 6] x) => (float[1, 5, 6, 6] y)
+    <float[8, 3, 3, 3] w1 = {{{fmt(w1)}}}, float[4, 3, 3, 3] w2 = {{{fmt(w2)}}}, float[5, 12, 1, 1] w3 = {{{fmt(w3)}}}>
+    {{
+        b = Conv <pads = [1, 1, 1, 1]> (x, w2)
+        a = Conv <pads = [1, 1, 1, 1]> (x, w1)
+        c = Concat <axis = 1> (b, a)
+        y = Conv(c, w3)
+    }}
+    """)
+    for index, name in enumerate(("conv_b", "conv_a", "concat", "conv_out")):
+        model.graph.node(index).name = name
+    prune = ox.passes.Prune(granularity="structured", sparsity=0.25, skip=["conv_b", "conv_out"],
+                            skip_first_last=False, min_channels=1, channel_multiple=1, op_types=["Conv"])
+    result = prune(model)
+    assert prune.statistics["layers"]["conv_a"]["removed"] == 2
+    consumer = next(n for n in result.model.graph if n.name == "conv_out")
+    assert consumer.inputs[1].const_value.shape == (5, 10, 1, 1)
+    original = model.graph.initializers["w3"].const_value.numpy()
+    np.testing.assert_array_equal(consumer.inputs[1].const_value.numpy(), np.delete(original, [4, 9], axis=1))
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(ort_run(result.model, {"x": x})[0], ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    assert prune.statistics["flops_after"] < prune.statistics["flops_before"]
+
+
+def test_statistics_report_flops_and_compressed_size(digits):
+    model, calib, _, _ = digits
+    structured = ox.passes.Prune(granularity="structured", sparsity=0.3)
+    ox.Pipeline([structured]).run(model, calibration=calib)
+    assert structured.statistics["flops_after"] < 0.8 * structured.statistics["flops_before"]
+    unstructured = ox.passes.Prune(sparsity=0.5)
+    ox.Pipeline([unstructured]).run(model, calibration=calib)
+    stats = unstructured.statistics
+    assert stats["flops_after"] == stats["flops_before"]  # zeros cost the same on dense kernels
+    assert stats["deflated_bytes_after"] < 0.7 * stats["deflated_bytes_before"]
