@@ -194,3 +194,20 @@ def test_statistics_report_flops_and_compressed_size(digits):
     stats = unstructured.statistics
     assert stats["flops_after"] == stats["flops_before"]  # zeros cost the same on dense kernels
     assert stats["deflated_bytes_after"] < 0.7 * stats["deflated_bytes_before"]
+
+
+@pytest.mark.slow
+def test_resnet_residual_joins_stay_unpruned_and_the_model_stays_valid():
+    torch = pytest.importorskip("torch")
+    from onnxpress.samples import architectures
+
+    model = ox.export(architectures.resnet18(), torch.randn(1, 3, 64, 64))
+    rng = np.random.default_rng(0)
+    images = [{"input": rng.standard_normal((1, 3, 64, 64)).astype(np.float32)} for _ in range(8)]
+    prune = ox.passes.Prune(granularity="structured", criterion="importance", sparsity=0.3)
+    result = ox.Pipeline([prune], golden_samples=2).run(model, calibration=images)
+    reasons = prune.statistics["skipped"].values()
+    assert sum("channels reach Add" in r for r in reasons) >= 8  # each block's second conv and the stem
+    assert prune.statistics["pruned_layers"] == 8  # each block's first conv
+    assert all(layer["channels_after"] % 8 == 0 for layer in prune.statistics["layers"].values())
+    assert result.records[0].checked and ort_run(result.model, images[0])[0].shape == (1, 1000)
