@@ -110,6 +110,9 @@ def _admit_structure(proto: onnx.ModelProto, name: str) -> None:
         raise ModelError(f"{name}: not a valid ONNX model (it imports no opset)")
     if proto.ir_version <= 0:
         raise ModelError(f"{name}: not a valid ONNX model (ir_version is {proto.ir_version})")
+    from onnxpress.admission import admit
+
+    admit(proto, name)
 
 
 def _tensor_protos(proto: onnx.ModelProto):
