@@ -240,6 +240,8 @@ def save(model: ModelSource, path: str | os.PathLike, *, external_data: bool | N
         raise ModelError(f"{dest}: the model's tensors exceed protobuf's 2 GB limit; save with "
                          "external_data=True")
     previous_data = _our_data_files(dest) if dest.exists() else set()
+    for stale in dest.parent.glob(f".{dest.name}.*.tmp"):  # left by a save that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         staged_model = staging / dest.name
@@ -261,6 +263,9 @@ def save(model: ModelSource, path: str | os.PathLike, *, external_data: bool | N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     in_use = _external_files(model)
+    # Data files of earlier saves to this name, including orphans of a save killed between
+    # its two renames: only the new one (and any the saved model still reads) stays.
+    previous_data |= {p.name for p in dest.parent.glob(f"{dest.name}.*.data")}
     for stale in previous_data - ({data_name} if data_name else set()):
         stale_path = (dest.parent / stale).resolve()
         if stale_path in in_use:  # the model being saved still reads its weights from it
