@@ -11,12 +11,18 @@ import functools
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from onnxpress.errors import ModelError
 
 # Largest element count a declared tensor may have (2**36 float32 = 256 GiB): beyond it a
 # shape is an attack or a mistake, and products near int64 overflow.
 MAX_ELEMENTS = 2**36
+# Static budget, checked before anything runs: what a constant-shaped op would allocate, what
+# a fixed-shape input needs, and how often a Loop with a constant trip count would spin.
+MAX_CONSTANT_OUTPUT_ELEMENTS = 2**31
+MAX_INPUT_ELEMENTS = 2**32
+MAX_LOOP_TRIPS = 10**7
 
 # Domains of function libraries exporters emit besides the operator schemas' own domains.
 _EXPORTER_DOMAINS = {"pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common", "pkg.torch.onnx"}
@@ -71,6 +77,7 @@ def admit(proto: onnx.ModelProto, name: str) -> None:
     for tensor, where in _tensor_protos(proto):
         _check_tensor(tensor, f"{name}: {where}")
     _check_graph(proto.graph, name, set(), "graph")
+    _check_budget(proto.graph, name, {})
     for function in proto.functions:
         seen = set(function.input)
         for node in function.node:
@@ -184,3 +191,53 @@ def _check_graph(graph: onnx.GraphProto, name: str, outer: set[str], label: str)
     for output in graph.output:
         if output.name not in visible:
             raise ModelError(f"{name}: {label} output '{output.name}' is not defined by any node")
+
+
+def _small_constant(tensor: onnx.TensorProto) -> np.ndarray | None:
+    """The values of a small integer tensor (shapes, repeats, trip counts), else None."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.dims) > 1 or (
+            tensor.dims and tensor.dims[0] > 64):
+        return None
+    if tensor.data_type not in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return None
+    return onnx.numpy_helper.to_array(tensor).astype(np.int64).reshape(-1)
+
+
+def _check_budget(graph: onnx.GraphProto, name: str, outer: dict[str, np.ndarray]) -> None:
+    """Refuse what would allocate or spin without bound once a runtime folds or runs it."""
+    constants = dict(outer)
+    for tensor in graph.initializer:
+        value = _small_constant(tensor)
+        if value is not None:
+            constants[tensor.name] = value
+    for value in graph.input:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        fixed = [d.dim_value for d in dims if d.HasField("dim_value")]
+        if len(fixed) == len(dims) and dims and int(np.prod(np.array(fixed, dtype=np.float64))) > MAX_INPUT_ELEMENTS:
+            raise ModelError(f"{name}: input '{value.name}' declares {list(fixed)}, over {MAX_INPUT_ELEMENTS} elements")
+    for node in graph.node:
+        label = node.name or node.op_type
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.HasField("t"):
+                    value = _small_constant(attribute.t)
+                    if value is not None and node.output:
+                        constants[node.output[0]] = value
+        known = [constants.get(i) for i in node.input]
+        elements = None
+        if node.op_type in ("ConstantOfShape", "Expand") and len(known) >= 1:
+            shape = known[0] if node.op_type == "ConstantOfShape" else (known[1] if len(known) > 1 else None)
+            if shape is not None:
+                elements = float(np.prod(np.maximum(shape.astype(np.float64), 0)))
+        elif node.op_type == "Tile" and len(known) > 1 and known[1] is not None:
+            elements = float(np.prod(np.maximum(known[1].astype(np.float64), 0)))  # the repeats alone
+        if elements is not None and elements > MAX_CONSTANT_OUTPUT_ELEMENTS:
+            raise ModelError(f"{name}: {node.op_type} node '{label}' would produce {elements:.3g} elements "
+                             f"(limit {MAX_CONSTANT_OUTPUT_ELEMENTS})")
+        if node.op_type == "Loop" and node.input and known and known[0] is not None and known[0].size == 1:
+            if int(known[0][0]) > MAX_LOOP_TRIPS:
+                raise ModelError(f"{name}: Loop node '{label}' has a constant trip count of {int(known[0][0])} "
+                                 f"(limit {MAX_LOOP_TRIPS})")
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                _check_budget(sub, name, constants)

@@ -61,6 +61,22 @@ CASES = {
                                                     else_branch=oh.make_graph([oh.make_node("Relu", ["x"], ["e"])], "e", [],
                                                                               [oh.make_tensor_value_info("e", 1, [2])]))],
                                       inputs=("x", "c")), "subgraph of node 'branch' node 'Relu' reads 'nowhere'"),
+    "huge ConstantOfShape": (_model([oh.make_node("ConstantOfShape", ["s"], ["y"], name="blow_up")], inputs=(),
+                                    initializers=[oh.make_tensor("s", onnx.TensorProto.INT64, [3], [4096, 4096, 4096])]),
+                             "ConstantOfShape node 'blow_up' would produce 6.87e+10 elements"),
+    "huge Expand": (_model([oh.make_node("Expand", ["x", "s"], ["y"], name="wide")],
+                           initializers=[oh.make_tensor("s", onnx.TensorProto.INT64, [2], [2**20, 2**20])]),
+                    "Expand node 'wide' would produce"),
+    "huge Tile": (_model([oh.make_node("Tile", ["x", "r"], ["y"], name="tiles")],
+                         initializers=[oh.make_tensor("r", onnx.TensorProto.INT64, [1], [2**40])]),
+                  "Tile node 'tiles' would produce"),
+    "endless Loop": (_model([oh.make_node("Loop", ["m", ""], [], name="spin", body=oh.make_graph(
+        [oh.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [oh.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         oh.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("cond_out", onnx.TensorProto.BOOL, [])])), oh.make_node("Relu", ["x"], ["y"])],
+        initializers=[oh.make_tensor("m", onnx.TensorProto.INT64, [], [2**63 - 1])]),
+        "Loop node 'spin' has a constant trip count of 9223372036854775807"),
 }
 
 
