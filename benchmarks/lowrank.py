@@ -10,11 +10,9 @@ the pass's own wall time. Calibration: the 100 sentences of ``samples.minilm``; 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
-import numpy as np
 
 import onnxpress as ox
 from onnxpress import runtime, targets

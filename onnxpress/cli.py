@@ -6,7 +6,6 @@ verdict exits with code 1. ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path

@@ -8,7 +8,7 @@ from typing import Callable
 from onnxpress import samples
 from onnxpress.io import load, save
 from onnxpress.metrics import accuracy
-from onnxpress.pipeline import Pipeline, PipelineResult, Progress
+from onnxpress.pipeline import PipelineResult, Progress
 from onnxpress.recipe import load_recipe
 from onnxpress.validate import ValidationReport, validate
 

@@ -9,7 +9,6 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress.errors import PassError
 from onnxpress.passes._common import constant, fingerprint
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,9 @@
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import onnxpress as ox
-from onnxpress.recipe import load_recipe, parse_recipe
+from onnxpress.recipe import load_recipe
 
 GOOD = """
 description = "test"

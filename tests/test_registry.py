@@ -1,7 +1,6 @@
 import sys
 import textwrap
 
-import onnx_ir as ir
 
 import onnxpress as ox
 from onnxpress import registry

@@ -6,8 +6,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
-import onnx_ir as ir
 import pytest
 
 import onnxpress as ox

@@ -4,7 +4,6 @@ Every mutated model must either load (and then inspect cleanly) or be refused wi
 ``ModelError`` whose message is one line: never another exception, a hang or a crash.
 """
 import onnx
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
