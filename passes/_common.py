@@ -173,3 +173,14 @@ def deflated_size(model: ir.Model) -> int | None:
     if not _proto.fits_in_protobuf(model):
         return None
     return len(zlib.compress(_proto.to_bytes(model), 6))
+
+
+def require_calibration(item, needed: bool, what: str) -> None:
+    """Raise ``PreconditionError`` when ``needed`` and the pipeline gave ``item`` no calibration data.
+
+    ``what`` names the pass and the options that need it (``"prune: criterion 'importance'"``).
+    """
+    context = getattr(item, "context", None)
+    if needed and (context is None or context.calibration is None):
+        raise ir.passes.PreconditionError(
+            f"{what}: calibration data needed (run the pass in a Pipeline with calibration=...)")

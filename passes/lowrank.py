@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress.passes._common import constant, fingerprint
+from onnxpress.passes._common import constant, fingerprint, require_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -127,11 +127,8 @@ class LowRank(ir.passes.FunctionalPass):
         self.statistics: dict[str, Any] = {}
 
     def requires(self, model: ir.Model) -> None:
-        if (self.method == "activation" or self.tolerance is not None) and (
-                self.context is None or self.context.calibration is None):
-            raise ir.passes.PreconditionError(
-                "lowrank: method 'activation' and a tolerance need calibration data "
-                "(run the pass in a Pipeline with calibration=...)")
+        require_calibration(self, self.method == "activation" or self.tolerance is not None,
+                            "lowrank: method 'activation' and a tolerance")
 
     # ------------------------------------------------------------------------------- call
 

@@ -9,7 +9,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress.passes._common import constant, deflated_size, fingerprint, model_flops, set_initializer
+from onnxpress.passes._common import (constant, deflated_size, fingerprint, model_flops, require_calibration,
+                                      set_initializer)
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +103,7 @@ class Prune(ir.passes.FunctionalPass):
         self.statistics: dict[str, Any] = {}
 
     def requires(self, model: ir.Model) -> None:
-        if self.criterion == "importance" and (self.context is None or self.context.calibration is None):
-            raise ir.passes.PreconditionError(
-                "prune: criterion 'importance' needs calibration data (run the pass in a Pipeline with calibration=...)")
+        require_calibration(self, self.criterion == "importance", "prune: criterion 'importance'")
 
     # ------------------------------------------------------------------------------- call
 

@@ -11,7 +11,7 @@ import onnx_ir.passes.common as common_passes
 from onnxpress import _proto
 from onnxpress.errors import PassError
 from onnxpress.passes import _calibrated
-from onnxpress.passes._common import constant, fingerprint, fold_batchnorm
+from onnxpress.passes._common import constant, fingerprint, fold_batchnorm, require_calibration
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +116,7 @@ class Quantize(ir.passes.FunctionalPass):
     def requires(self, model: ir.Model) -> None:
         static = self._mode(self._preset(model)) == "static"
         needs_data = static or self._accuracy_target() or self.latency_aware
-        if needs_data and (self.context is None or self.context.calibration is None):
-            raise ir.passes.PreconditionError(
-                "quantize: static mode, accuracy targets and latency-aware mode need calibration data "
-                "(run the pass in a Pipeline with calibration=...)")
+        require_calibration(self, needs_data, "quantize: static mode, accuracy targets and latency-aware mode")
 
     def _accuracy_target(self) -> bool:
         return self.target_cosine is not None or self.max_metric_drop is not None

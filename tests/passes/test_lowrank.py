@@ -178,7 +178,7 @@ def test_randomized_svd_matches_the_exact_top_triplets(rng):
 
 def test_activation_method_needs_calibration():
     model = _matmul_model(_low_rank_weight(64, 96, rank=8))
-    with pytest.raises(ox.PipelineError, match="lowrank: method 'activation' and a tolerance need calibration"):
+    with pytest.raises(ox.PipelineError, match="lowrank: method 'activation' and a tolerance: calibration data needed"):
         ox.Pipeline([ox.passes.LowRank(method="activation", rank=4)]).run(model)
 
 

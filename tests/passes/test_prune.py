@@ -142,7 +142,7 @@ def test_criteria_order_on_structured_pruning(digits):
 
 def test_importance_needs_calibration_and_bad_options(digits):
     model, _, _, _ = digits
-    with pytest.raises(ox.PipelineError, match="prune: criterion 'importance' needs calibration"):
+    with pytest.raises(ox.PipelineError, match="prune: criterion 'importance': calibration data needed"):
         ox.Pipeline([ox.passes.Prune(criterion="importance")]).run(model)
     with pytest.raises(ValueError, match="prune: sparsity must be in"):
         ox.passes.Prune(sparsity=1.0)
