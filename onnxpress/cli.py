@@ -38,11 +38,27 @@ def _progress(event) -> None:
     _err(f"{prefix} done in {r.seconds:.2f}s: {r.nodes_before} -> {r.nodes_after} nodes{accuracy}")
 
 
+def _load(path: str):
+    """Load and admit a model; under limits, first prove ONNX Runtime can build a session on it
+    in a limited child process (a hostile graph can hang or exhaust memory right there)."""
+    from onnxpress import _proto, sandbox
+    from onnxpress.errors import ModelError
+    from onnxpress.io import load
+
+    model = load(path)
+    if sandbox.current() is not None and _proto.fits_in_protobuf(model):
+        try:
+            sandbox.call("onnxpress.runtime:probe", _proto.to_bytes(model), what=f"{path}: ONNX Runtime session")
+        except sandbox.SandboxedError as err:
+            raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).split(': ', 2)[-1]})") from None
+    return model
+
+
 def _cmd_inspect(args) -> int:
     from onnxpress.io import load
     from onnxpress.summary import inspect
 
-    summary = inspect(load(args.model), top=args.top)
+    summary = inspect(load(args.model), top=args.top)  # admission only: inspect needs no runtime
     print(summary.to_json() if args.json else summary.to_text())
     return 0
 
@@ -113,7 +129,7 @@ def _cmd_validate(args) -> int:
     from onnxpress.io import load
     from onnxpress.validate import save_golden, validate
 
-    candidate = load(args.model)
+    candidate = _load(args.model)
     if args.save_golden:
         save_golden(candidate, _data(args.data) if args.data else _generated(candidate), args.save_golden)
         print(f"saved golden inputs and outputs of {args.model} in {args.save_golden}")
@@ -134,14 +150,14 @@ def _generated(model):
 
 
 def _cmd_run(args) -> int:
-    from onnxpress.io import load, save
+    from onnxpress.io import save
     from onnxpress.recipe import load_recipe
 
     source, output = Path(args.model), Path(args.output)
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
     recipe = load_recipe(args.recipe)
-    model = load(source)
+    model = _load(str(source))
     pipeline = recipe.pipeline()
     if args.no_check:
         pipeline.check = False
@@ -181,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "it still works on its target.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the passes do")
+    parser.add_argument("--time-limit", type=float, default=600.0, metavar="SECONDS",
+                        help="wall-clock limit of each native step that may hang on a bad graph (default 600)")
+    parser.add_argument("--memory-limit-gb", type=float, default=None, metavar="GB",
+                        help="address-space limit of those steps (default: 3/4 of physical memory)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a recipe's passes on a model and save the result")
@@ -234,11 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from onnxpress import sandbox
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        memory = int(args.memory_limit_gb * 2**30) if args.memory_limit_gb else sandbox.default_memory_bytes()
+        limits = sandbox.Limits(seconds=args.time_limit, memory_bytes=memory)
+    except ValueError as err:
+        _err(f"onnxpress: error: {err}")
+        return EXIT_BAD_INPUT
+    try:
+        with sandbox.limited(limits):
+            return args.func(args)
     except OnnxpressError as err:
         if args.debug:
             raise

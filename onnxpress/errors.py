@@ -10,7 +10,15 @@ import onnx_ir as ir
 
 
 class OnnxpressError(Exception):
-    """An error the user can fix; its message is one line naming the culprit."""
+    """An error the user can fix; its message is one line naming the culprit.
+
+    Names quoted in messages come from untrusted files: control characters in them (a newline
+    in a tensor name) are escaped, so the message stays one line.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                                 for c in str(message)))
 
 
 class ModelError(OnnxpressError):

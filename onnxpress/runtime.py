@@ -316,3 +316,13 @@ def kernel_census(model: ir.Model, optimization: str = "all") -> dict[str, Any]:
         "qdq": sum(c for op, c in ops.items() if op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")),
         "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
     }
+
+
+def probe(data: bytes) -> bool:
+    """Build a CPU session from serialised model bytes (the sandboxed admission probe)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return True

@@ -7,7 +7,7 @@ from typing import Literal
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress import _proto
+from onnxpress import _proto, sandbox
 from onnxpress.errors import PassError
 from onnxpress.passes._common import fingerprint, node_count, op_histogram
 
@@ -85,17 +85,14 @@ class Simplify(ir.passes.FunctionalPass):
         return ir.passes.PassResult(result, modified=modified)
 
     def _onnxsim(self, model: ir.Model) -> ir.Model:
-        import onnxsim
+        options = {"skip_fuse_bn": not self.fuse_bn, "tensor_size_threshold": f"{self.fold_limit_bytes}B"}
+        if sandbox.current() is None:
+            return _proto.from_proto(_run_onnxsim(_proto.to_proto(model), options))
+        # Under limits (the CLI): onnxsim runs in a limited child process; bytes cross over.
+        data = sandbox.call("onnxpress.passes.simplify:_onnxsim_bytes", _proto.to_bytes(model), options,
+                            what="onnxsim")
+        return _proto.from_proto(_proto.parse(data))
 
-        proto = _proto.to_proto(model)
-        simplified, _ = onnxsim.simplify(
-            proto,
-            check_n=0,  # the pipeline checks outputs against its golden samples
-            skip_fuse_bn=not self.fuse_bn,
-            tensor_size_threshold=f"{self.fold_limit_bytes}B",
-            certify=False,
-        )
-        return _proto.from_proto(simplified)
 
     def _fallback(self, model: ir.Model) -> ir.Model:
         import onnxscript.optimizer
@@ -113,3 +110,20 @@ class Simplify(ir.passes.FunctionalPass):
             common_passes.RemoveUnusedOpsetsPass(),
         )(result)
         return result
+
+
+def _run_onnxsim(proto, options: dict):
+    import onnxsim
+
+    simplified, _ = onnxsim.simplify(
+        proto,
+        check_n=0,  # the pipeline checks outputs against its golden samples
+        certify=False,
+        **options,
+    )
+    return simplified
+
+
+def _onnxsim_bytes(data: bytes, options: dict) -> bytes:
+    """onnxsim on serialised bytes (the sandboxed form of ``Simplify._onnxsim``)."""
+    return _run_onnxsim(_proto.parse(data), options).SerializeToString()

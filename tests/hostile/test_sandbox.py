@@ -1,0 +1,46 @@
+"""Native steps under limits: a hang or a blow-up becomes one clear error, not a frozen process."""
+import numpy as np
+import pytest
+
+import onnxpress as ox
+from onnxpress import sandbox, samples
+from onnxpress.cli import main
+
+
+def test_a_step_past_its_time_limit_is_stopped():
+    with sandbox.limited(sandbox.Limits(seconds=1.0)):
+        with pytest.raises(sandbox.ResourceLimitError, match="sleeper did not finish within 1 s"):
+            sandbox.call("time:sleep", 30, what="sleeper")
+
+
+def test_a_step_past_its_memory_limit_is_an_error():
+    with sandbox.limited(sandbox.Limits(seconds=60, memory_bytes=512 * 2**20)):
+        with pytest.raises(sandbox.ResourceLimitError, match="hog ran out of memory"):
+            sandbox.call("numpy:ones", (2**31,), what="hog")
+
+
+def test_failures_inside_the_step_carry_their_message():
+    with sandbox.limited(sandbox.Limits(seconds=60)):
+        with pytest.raises(sandbox.SandboxedError, match="parse failed: ValueError: invalid literal"):
+            sandbox.call("builtins:int", "not a number", what="parse")
+    assert sandbox.call("builtins:abs", -3, what="outside") == 3  # no limits: in-process
+
+
+def test_simplify_runs_sandboxed_with_the_same_result(small_model):
+    plain = ox.passes.Simplify()(small_model.clone()).model
+    with sandbox.limited(sandbox.Limits(seconds=120)):
+        limited = ox.passes.Simplify()
+        result = limited(small_model.clone()).model
+    assert limited.statistics["engine"] == "onnxsim"
+    assert [n.op_type for n in result.graph] == [n.op_type for n in plain.graph]
+
+
+def test_the_cli_reports_limits_as_one_line(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[passes]]\nname = "simplify"\n')
+    code = main(["--time-limit", "0", "run", str(samples.DIGITS_MODEL), "--recipe", str(recipe),
+                 "-o", str(tmp_path / "o.onnx")])
+    assert code == 2 and "seconds must be > 0" in capsys.readouterr().err
+    assert main(["--time-limit", "120", "run", str(samples.DIGITS_MODEL), "--recipe", str(recipe),
+                 "-o", str(tmp_path / "o.onnx")]) == 0
+    assert np.isfinite(ox.inspect(tmp_path / "o.onnx").parameters)
