@@ -2,8 +2,8 @@
 
 Every mutated model must either load (and then inspect cleanly) or be refused with a
 ``ModelError`` whose message is one line: never another exception, a hang or a crash.
-The examples are derandomized so CI is reproducible; run with ``--hypothesis-seed=random``
-(or edit ``derandomize``) to explore new cases.
+The examples are derandomized so CI is reproducible; set ``derandomize=False`` locally to
+explore new cases (that is how the newline-in-a-name case was found).
 """
 import onnx
 from hypothesis import HealthCheck, given, settings
