@@ -197,3 +197,26 @@ def test_resaving_over_the_source_keeps_the_data_the_model_still_reads(tmp_path,
     feed = {"x": np.ones((1, 4), np.float32)}
     np.testing.assert_array_equal(ort_run(model, feed)[0], ort_run(small_model, feed)[0])
     np.testing.assert_array_equal(ort_run(ox.load(path), feed)[0], ort_run(small_model, feed)[0])
+
+
+def test_a_fifo_as_external_data_is_refused_without_blocking(tmp_path, small_model):
+    path = _save_external(small_model, tmp_path)
+    (tmp_path / "m.onnx.data").unlink()
+    os.mkfifo(tmp_path / "m.onnx.data")  # opening it for reading would block forever
+    with pytest.raises(ModelError, match="is not a regular file"):
+        ox.load(path)
+
+
+def test_unknown_external_data_keys_and_folders_are_refused(tmp_path, small_model):
+    path = _save_external(small_model, tmp_path)
+    proto = onnx.load(str(path), load_external_data=False)
+    entry = proto.graph.initializer[0].external_data.add()
+    entry.key, entry.value = "exec", "rm -rf /"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ModelError, match=r"unknown external-data key\(s\) \['exec'\]"):
+        ox.load(path)
+    (tmp_path / "folder").mkdir()
+    path = _save_external(small_model, tmp_path, "n.onnx")
+    _retarget(path, "folder")
+    with pytest.raises(ModelError, match="is not a regular file"):
+        ox.load(path)
