@@ -105,6 +105,8 @@ class LowRank(ir.passes.FunctionalPass):
             raise ValueError(f"lowrank: min_saving must be in [0, 1), got {min_saving}")
         if damping < 0:
             raise ValueError(f"lowrank: damping must be >= 0, got {damping}")
+        if sensitivity_rounds < 1:
+            raise ValueError(f"lowrank: sensitivity_rounds must be >= 1, got {sensitivity_rounds}")
         self.method = method
         self.rank = rank
         self.rank_ratio = rank_ratio
@@ -118,8 +120,6 @@ class LowRank(ir.passes.FunctionalPass):
         self.damping = damping
         self.calibration_samples = calibration_samples
         self.randomized = randomized
-        if sensitivity_rounds < 1:
-            raise ValueError(f"lowrank: sensitivity_rounds must be >= 1, got {sensitivity_rounds}")
         self.measure_sensitivity = measure_sensitivity
         self.sensitivity_rounds = sensitivity_rounds
         self.seed = seed
