@@ -12,6 +12,7 @@ import functools
 import numpy as np
 import onnx
 import onnx.numpy_helper
+from google.protobuf.message import Message
 
 from onnxpress.errors import ModelError
 
@@ -26,6 +27,11 @@ MAX_LOOP_TRIPS = 10**7
 
 # Domains of function libraries exporters emit besides the operator schemas' own domains.
 _EXPORTER_DOMAINS = {"pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common", "pkg.torch.onnx"}
+
+# 4-bit types pack two elements per byte.
+_PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+if hasattr(onnx.TensorProto, "FLOAT4E2M1"):
+    _PACKED_4BIT.add(onnx.TensorProto.FLOAT4E2M1)
 
 _TYPED_FIELDS = {
     onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
@@ -58,6 +64,7 @@ def _max_opsets() -> dict[str, int]:
 
 def admit(proto: onnx.ModelProto, name: str) -> None:
     """Raise ``ModelError`` naming ``name`` and the culprit unless the model is well formed."""
+    _check_text(proto, name, "model")
     if proto.ir_version < 3 or proto.ir_version > onnx.IR_VERSION:
         raise ModelError(f"{name}: IR version {proto.ir_version} is not supported "
                          f"(this onnx reads 3 to {onnx.IR_VERSION})")
@@ -88,6 +95,22 @@ def admit(proto: onnx.ModelProto, name: str) -> None:
             seen.update(o for o in node.output if o)
 
 
+def _check_text(message, name: str, where: str) -> None:
+    """Every string field anywhere must be valid UTF-8 (protobuf hands invalid ones back as bytes,
+    which every consumer would then print, compare or hash differently)."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            for text in ((value,) if isinstance(value, (str, bytes)) else value):
+                if not isinstance(text, str):
+                    raise ModelError(f"{name}: {where} field '{field.name}' is not valid UTF-8 "
+                                     f"({bytes(text)[:40]!r})")
+        elif field.type == field.TYPE_MESSAGE:
+            items = (value,) if isinstance(value, Message) else value
+            for index, item in enumerate(items):
+                label = getattr(item, "name", "") if isinstance(getattr(item, "name", ""), str) else ""
+                _check_text(item, name, f"{field.name} '{label}'" if label else f"{field.name}[{index}]")
+
+
 def _used_domains(proto: onnx.ModelProto) -> set[str]:
     found: set[str] = set()
 
@@ -107,6 +130,7 @@ def _used_domains(proto: onnx.ModelProto) -> set[str]:
 
 
 def _check_tensor(tensor: onnx.TensorProto, where: str) -> None:
+    """Check one tensor's declared dims against its data."""
     if any(d < 0 for d in tensor.dims):
         raise ModelError(f"{where} has a negative dimension {list(tensor.dims)}")
     count = 1
@@ -114,24 +138,34 @@ def _check_tensor(tensor: onnx.TensorProto, where: str) -> None:
         count *= d
         if count > MAX_ELEMENTS:
             raise ModelError(f"{where} declares more than {MAX_ELEMENTS} elements ({list(tensor.dims)})")
+    expected = tensor_nbytes(tensor)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return  # length and offset are checked against the file by onnxpress.io
     if tensor.HasField("raw_data"):
-        try:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        except (KeyError, ValueError, TypeError):
-            raise ModelError(f"{where} has unknown data type {tensor.data_type}") from None
-        expected = (count + 1) // 2 if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) else count * itemsize
-        if len(tensor.raw_data) != expected:
+        if expected is None and tensor.data_type != onnx.TensorProto.STRING:
+            raise ModelError(f"{where} has unknown data type {tensor.data_type}")
+        if expected is not None and len(tensor.raw_data) != expected:
             raise ModelError(f"{where} holds {len(tensor.raw_data)} bytes but its shape {list(tensor.dims)} "
                              f"needs {expected}")
         return
     field = _TYPED_FIELDS.get(tensor.data_type, "int32_data")
     held = len(getattr(tensor, field))
     per_element = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
-    if held and held != count * per_element and not (
-            tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4) and held == (count + 1) // 2):
+    if held and held != count * per_element and not (tensor.data_type in _PACKED_4BIT and held == (count + 1) // 2):
         raise ModelError(f"{where} holds {held} values but its shape {list(tensor.dims)} needs {count}")
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's declared shape needs in raw form (None for strings and unknown types)."""
+    count = int(np.prod(np.array(tensor.dims, dtype=np.float64))) if tensor.dims else 1
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _check_graph(graph: onnx.GraphProto, name: str, outer: set[str], label: str) -> None:

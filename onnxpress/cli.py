@@ -38,22 +38,6 @@ def _progress(event) -> None:
     _err(f"{prefix} done in {r.seconds:.2f}s: {r.nodes_before} -> {r.nodes_after} nodes{accuracy}")
 
 
-def _load(path: str):
-    """Load and admit a model; under limits, first prove ONNX Runtime can build a session on it
-    in a limited child process (a hostile graph can hang or exhaust memory right there)."""
-    from onnxpress import _proto, sandbox
-    from onnxpress.errors import ModelError
-    from onnxpress.io import load
-
-    model = load(path)
-    if sandbox.current() is not None and _proto.fits_in_protobuf(model):
-        try:
-            sandbox.call("onnxpress.runtime:probe", _proto.to_bytes(model), what=f"{path}: ONNX Runtime session")
-        except sandbox.SandboxedError as err:
-            raise ModelError(f"{path}: ONNX Runtime cannot load it ({str(err).split(': ', 2)[-1]})") from None
-    return model
-
-
 def _cmd_inspect(args) -> int:
     from onnxpress.io import load
     from onnxpress.summary import inspect
@@ -129,7 +113,7 @@ def _cmd_validate(args) -> int:
     from onnxpress.io import load
     from onnxpress.validate import save_golden, validate
 
-    candidate = _load(args.model)
+    candidate = load(args.model)
     if args.save_golden:
         save_golden(candidate, _data(args.data) if args.data else _generated(candidate), args.save_golden)
         print(f"saved golden inputs and outputs of {args.model} in {args.save_golden}")
@@ -150,14 +134,14 @@ def _generated(model):
 
 
 def _cmd_run(args) -> int:
-    from onnxpress.io import save
+    from onnxpress.io import load, save
     from onnxpress.recipe import load_recipe
 
     source, output = Path(args.model), Path(args.output)
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
     recipe = load_recipe(args.recipe)
-    model = _load(str(source))
+    model = load(str(source))
     pipeline = recipe.pipeline()
     if args.no_check:
         pipeline.check = False

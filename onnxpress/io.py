@@ -11,6 +11,7 @@ names are always chosen here, never taken from the input model.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -23,7 +24,6 @@ from typing import Union
 import google.protobuf.message
 import onnx
 import onnx_ir as ir
-import numpy as np
 
 from onnxpress import _proto
 from onnxpress.errors import ModelError
@@ -31,11 +31,6 @@ from onnxpress.errors import ModelError
 logger = logging.getLogger(__name__)
 
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, ir.Model]
-
-# Sizes in bytes of each element, for checking external-data lengths; 4-bit types pack two.
-_PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-if hasattr(onnx.TensorProto, "FLOAT4E2M1"):
-    _PACKED_4BIT.add(onnx.TensorProto.FLOAT4E2M1)
 
 _EXTERNAL_KEYS = {"location", "offset", "length", "checksum", "basepath"}
 
@@ -153,19 +148,6 @@ def _refuse_external(proto: onnx.ModelProto, name: str) -> None:
                              "loaded from a model file path")
 
 
-def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
-    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-    if tensor.data_type in _PACKED_4BIT:
-        return (count + 1) // 2
-    if tensor.data_type == onnx.TensorProto.STRING:
-        return None
-    try:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except KeyError:
-        return None
-    return count * itemsize
-
-
 def _check_external(tensor: onnx.TensorProto, where: str, folder: Path, model_path: Path) -> None:
     """Refuse an external-data reference unless it stays safely inside ``folder``."""
     info = {entry.key: entry.value for entry in tensor.external_data}
@@ -208,10 +190,39 @@ def _check_external(tensor: onnx.TensorProto, where: str, folder: Path, model_pa
     if offset < 0 or length < 0 or offset + length > info_stat.st_size:
         raise ModelError(f"{prefix}: external data [{offset}, {offset + length}) lies outside "
                          f"'{location}' ({info_stat.st_size} bytes)")
-    expected = _expected_nbytes(tensor)
+    from onnxpress.admission import tensor_nbytes
+
+    expected = tensor_nbytes(tensor)
     if expected is not None and expected != length:
         raise ModelError(f"{prefix}: external data holds {length} bytes but the tensor's shape "
                          f"{list(tensor.dims)} needs {expected}")
+    if "checksum" in info:
+        _verify_checksum(current, offset, length, info["checksum"], prefix, location)
+
+
+def _verify_checksum(path: Path, offset: int, length: int, checksum: str, prefix: str, location: str) -> None:
+    """The ONNX spec's ``checksum`` is a SHA-1 hex digest "of the file"; writers differ on
+    whether that means the tensor's bytes or the whole file, so either is accepted."""
+    want = checksum.strip().lower()
+    if len(want) != 40 or any(c not in "0123456789abcdef" for c in want):
+        raise ModelError(f"{prefix}: external-data checksum '{checksum[:48]}' is not a SHA-1 hex digest")
+    with open(path, "rb") as handle:
+        if _sha1(handle, offset, length) == want or _sha1(handle, 0, path.stat().st_size) == want:
+            return
+    raise ModelError(f"{prefix}: external data in '{location}' does not match its SHA-1 checksum "
+                     "(the file is corrupt or was changed)")
+
+
+def _sha1(handle, offset: int, length: int) -> str:
+    digest = hashlib.sha1(usedforsecurity=False)
+    handle.seek(offset)
+    while length > 0:
+        block = handle.read(min(length, 2**22))
+        if not block:
+            break
+        digest.update(block)
+        length -= len(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------- save

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto, runtime
+from onnxpress import _proto, runtime, sandbox
 from onnxpress.calibration import Calibration, from_feeds
 from onnxpress.errors import DataError, OnnxpressError, PassError, PipelineError
 from onnxpress.metrics import ErrorStats, compare
@@ -272,8 +272,14 @@ class Pipeline:
         context = Context.build(calib, held_out, metric=metric, target=self.target)
         golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
         golden_outputs = input_latency = None
-        if golden_feeds:
-            golden_outputs, input_latency = self._run_checked(source, golden_feeds, "the input model")
+        limited = sandbox.current() is not None
+        if golden_feeds or limited:
+            # Under limits the untrusted input model first runs, in a limited child, on every
+            # feed the passes will give it: in-process runs of it are safe from then on.
+            proof = [f for part in (calib, context.evaluation) if part is not None for f in part] if limited else []
+            outputs, input_latency = self._run_checked(source, golden_feeds + proof, "the input model",
+                                                       keep=len(golden_feeds))
+            golden_outputs = outputs if golden_feeds else None
         current = source.clone()
         records = []
         total = len(self.passes)
@@ -337,20 +343,11 @@ class Pipeline:
             return [], None, f"accuracy not tracked: {err}"
         return feeds, "generated", f"{len(feeds)} inputs generated from the signature"
 
-    def _run_checked(self, model: ir.Model, feeds: list, who: str, *,
-                     check: bool = True) -> tuple[list[dict], float | None]:
+    def _run_checked(self, model: ir.Model, feeds: list, who: str, *, check: bool = True,
+                     keep: int | None = None) -> tuple[list[dict], float | None]:
         try:
-            with runtime.Session(model, check=check) as session:
-                outputs = session.run_all(feeds)
-                latency = None
-                if feeds and self.latency_runs:
-                    times = []
-                    for _ in range(self.latency_runs):
-                        tick = time.perf_counter()
-                        session.run(feeds[0])
-                        times.append((time.perf_counter() - tick) * 1e3)
-                    latency = float(np.median(times))
-                return outputs, latency
+            return runtime.run_limited(model, feeds, what=f"{who}: ONNX Runtime session", keep=keep,
+                                       latency_runs=self.latency_runs, check=check)
         except runtime.CheckFailed as err:
             raise PipelineError(f"{who} fails the ONNX checker: {err}") from err
         except runtime.ort_errors() as err:

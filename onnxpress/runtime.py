@@ -6,6 +6,7 @@ gets a user's path.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -225,9 +226,81 @@ class Session:
 
 
 def run_model(model: ir.Model, feeds: Iterable[Feed], **session_options: Any) -> list[dict[str, np.ndarray]]:
-    """Build a session, run every feed, close the session."""
+    """Build a session, run every feed, close the session (limited under ``sandbox.limited``)."""
+    return run_limited(model, list(feeds), what="ONNX Runtime session", **session_options)[0]
+
+
+class RunFailed(RuntimeError):
+    """ONNX Runtime could not build a session or run a feed in the limited child process."""
+
+
+def run_limited(model: ir.Model, feeds: Sequence[Feed], *, what: str, keep: int | None = None,
+                latency_runs: int = 0, **session_options: Any) -> tuple[list[dict[str, np.ndarray]], float | None]:
+    """Build a session (``Session`` options), run every feed, optionally time the first one.
+
+    Returns the outputs of the first ``keep`` feeds (all by default) and the median latency in
+    ms of ``latency_runs`` runs of the first feed (None when not timed). Under
+    ``sandbox.limited`` (the CLI) all of it, the checker's shape inference included, happens in
+    a limited child process: a graph that hangs or exhausts memory becomes a
+    ``ResourceLimitError`` naming ``what``; checker and ONNX Runtime failures come back as
+    ``CheckFailed`` and ``RunFailed``. Feeds run there once are then safe to run in-process.
+    """
+    from onnxpress import sandbox
+
+    limits = sandbox.current()
+    if limits is None:
+        return _run_and_time(model, feeds, keep, latency_runs, session_options)
+    weights = _proto.weight_bytes(model)
+    if limits.memory_bytes is not None and weights > limits.memory_bytes:
+        raise sandbox.ResourceLimitError(
+            f"{what}: the model's tensors hold {weights / 2**30:.2f} GiB, more than the memory limit of "
+            f"{limits.memory_bytes / 2**30:.2f} GiB (raise it with --memory-limit-gb)")
+    with contextlib.ExitStack() as stack:
+        if _proto.fits_in_protobuf(model):
+            source: Any = _proto.to_bytes(model)
+        else:  # our own private copy: the child never sees a user's path
+            from onnxpress.io import save
+
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxpress-limited-"))
+            source = str(save(model, Path(folder) / "model.onnx", external_data=True))
+        try:
+            return sandbox.call("onnxpress.runtime:_run_serialised", source, list(feeds), keep, latency_runs,
+                                session_options, what=what)
+        except sandbox.SandboxedError as err:
+            if err.kind == "CheckFailed":
+                raise CheckFailed(err.message) from None
+            if err.kind in ("ProviderError", "DataError"):
+                raise (ProviderError if err.kind == "ProviderError" else DataError)(err.message) from None
+            raise RunFailed(err.message) from None
+
+
+def _run_serialised(source: bytes | str, feeds: list, keep: int | None, latency_runs: int,
+                    session_options: dict) -> tuple[list[dict[str, np.ndarray]], float | None]:
+    """``run_limited``'s work in the child: the model comes as bytes or our private copy's path."""
+    from onnxpress.io import load
+
+    return _run_and_time(load(source), feeds, keep, latency_runs, session_options)
+
+
+def _run_and_time(model: ir.Model, feeds: Sequence[Feed], keep: int | None, latency_runs: int,
+                  session_options: dict) -> tuple[list[dict[str, np.ndarray]], float | None]:
+    import time
+
+    outputs = []
     with Session(model, **session_options) as session:
-        return session.run_all(feeds)
+        for index, feed in enumerate(feeds):
+            result = session.run(feed)
+            if keep is None or index < keep:
+                outputs.append(result)
+        latency = None
+        if feeds and latency_runs:
+            times = []
+            for _ in range(latency_runs):
+                tick = time.perf_counter()
+                session.run(feeds[0])
+                times.append((time.perf_counter() - tick) * 1e3)
+            latency = float(np.median(times))
+    return outputs, latency
 
 
 def ort_errors() -> tuple[type[BaseException], ...]:
@@ -317,12 +390,3 @@ def kernel_census(model: ir.Model, optimization: str = "all") -> dict[str, Any]:
         "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
     }
 
-
-def probe(data: bytes) -> bool:
-    """Build a CPU session from serialised model bytes (the sandboxed admission probe)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return True

@@ -80,7 +80,8 @@ def _child(connection, target: str, args: tuple, memory_bytes: int | None) -> No
         except MemoryError:
             connection.send(("memory", "ran out of memory"))
         except Exception as err:  # reported to the parent, which raises it as a clear error
-            connection.send(("error", f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"))
+            text = str(err).strip()
+            connection.send(("error", (type(err).__name__, text.splitlines()[0] if text else "")))
     connection.close()
 
 
@@ -119,8 +120,15 @@ def call(target: str, *args: Any, what: str) -> Any:
         return payload
     if status == "memory":
         raise ResourceLimitError(f"{what} ran out of memory (limit {limits.memory_bytes / 2**30:.1f} GiB)")
-    raise SandboxedError(f"{what} failed: {payload}")
+    kind, message = payload
+    raise SandboxedError(what, kind, message)
 
 
 class SandboxedError(RuntimeError):
-    """The sandboxed function raised; the message carries its type and first line."""
+    """The sandboxed function raised: ``kind`` is the exception's type name, ``message`` its
+    first line."""
+
+    def __init__(self, what: str, kind: str, message: str) -> None:
+        super().__init__(f"{what} failed: {kind}: {message}")
+        self.kind = kind
+        self.message = message

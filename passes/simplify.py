@@ -62,6 +62,8 @@ class Simplify(ir.passes.FunctionalPass):
             else:
                 try:
                     result = self._onnxsim(model)
+                except sandbox.ResourceLimitError:
+                    raise  # over its limits: say so rather than try again unlimited in-process
                 except Exception as err:  # onnxsim wraps C++; any failure means "use the fallback"
                     fallback_reason = f"onnxsim failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             if result is None and self.engine == "onnxsim":
