@@ -323,6 +323,39 @@ def _huge_input(model: onnx.ModelProto) -> None:
         dim.dim_value = size
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _nested_ifs(folder: Path, depth: int = 200) -> Path:
+    """If inside If, 200 deep, written field by field (protobuf refuses to build it)."""
+    output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10]).SerializeToString()
+    leaf = _field(1, helper.make_node("Identity", ["mm"], ["logits"]).SerializeToString()) + _field(12, output)
+
+    def branch(name: bytes, graph: bytes) -> bytes:  # NodeProto.attribute: name, g, type = GRAPH
+        return _field(5, _field(1, name) + _field(6, graph) + _varint(20 << 3) + _varint(onnx.AttributeProto.GRAPH))
+
+    graph = leaf
+    for _ in range(depth):
+        node = (_field(1, b"flag") + _field(2, b"logits") + _field(4, b"If") + branch(b"then_branch", graph)
+                + branch(b"else_branch", leaf))
+        graph = _field(1, node) + _field(12, output)
+    model = base_model()
+    model.graph.ClearField("node")
+    model.graph.ClearField("output")
+    data = model.SerializeToString() + _field(7, graph)  # a repeated message field merges into graph
+    return _write(folder, data)
+
+
 def _no_opset(model: onnx.ModelProto) -> None:
     del model.opset_import[:]
 
@@ -379,6 +412,7 @@ CASES: list[Case] = [
           _refused(r"field 'producer_name' is not valid UTF-8")),
     # structure
     _case("cycle", _proto(_cycle), _refused(r"has a cycle through node")),
+    _case("nesting_too_deep", _nested_ifs, _refused(r"protobuf decoding failed")),
     _case("subgraph_reads_undefined", _proto(_subgraph_reads_undefined),
           _refused(r"subgraph of node 'branch' node 'then_id' reads 'ghost'")),
     _case("function_reads_undefined", _proto(_function_reads_undefined),
