@@ -5,6 +5,10 @@ and after, and the pass's own statistics; it runs the ONNX checker and builds an
 CPU session (unless ``check=False``), and compares the outputs on a few golden inputs with the
 input model's outputs. A pass that declares itself ``lossless`` fails the run when it changes
 outputs beyond a tight tolerance.
+
+Under ``sandbox.limited`` (always in the CLI) those checks run in a limited child process, and
+before any pass the input model runs there on every calibration and evaluation feed: the
+passes' in-process runs of it then only repeat what is proven to end within the limits.
 """
 from __future__ import annotations
 

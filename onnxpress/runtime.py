@@ -10,6 +10,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -284,8 +285,6 @@ def _run_serialised(source: bytes | str, feeds: list, keep: int | None, latency_
 
 def _run_and_time(model: ir.Model, feeds: Sequence[Feed], keep: int | None, latency_runs: int,
                   session_options: dict) -> tuple[list[dict[str, np.ndarray]], float | None]:
-    import time
-
     outputs = []
     with Session(model, **session_options) as session:
         for index, feed in enumerate(feeds):

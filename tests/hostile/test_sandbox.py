@@ -1,5 +1,6 @@
 """Native steps under limits: a hang or a blow-up becomes one clear error, not a frozen process."""
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import onnxpress as ox
@@ -44,3 +45,25 @@ def test_the_cli_reports_limits_as_one_line(tmp_path, capsys):
     assert main(["--time-limit", "120", "run", str(samples.DIGITS_MODEL), "--recipe", str(recipe),
                  "-o", str(tmp_path / "o.onnx")]) == 0
     assert np.isfinite(ox.inspect(tmp_path / "o.onnx").parameters)
+
+
+class _Breaker(ir.passes.FunctionalPass):
+    """A pass that leaves a node reading a tensor nothing defines."""
+
+    def call(self, model):
+        model.graph.node(0).replace_input_with(0, ir.Value(name="ghost"))
+        return ir.passes.PassResult(model, modified=True)
+
+
+def test_a_pass_that_breaks_the_model_is_named_and_nothing_is_written(tmp_path, capsys, monkeypatch):
+    from onnxpress import registry
+
+    monkeypatch.setitem(registry._extra, "breaker", _Breaker)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[passes]]\nname = "simplify"\n[[passes]]\nname = "breaker"\n')
+    before = samples.DIGITS_MODEL.read_bytes()
+    code = main(["run", str(samples.DIGITS_MODEL), "--recipe", str(recipe), "-o", str(tmp_path / "o.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("onnxpress: error: pass 'breaker'"), err
+    assert list(tmp_path.iterdir()) == [recipe]
+    assert samples.DIGITS_MODEL.read_bytes() == before
