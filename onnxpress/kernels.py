@@ -7,11 +7,21 @@ opset version and input types against the kernels the installed build registers.
 from __future__ import annotations
 
 import functools
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import onnx_ir as ir
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+
+# Providers that live in the core library: reading the registry loads no other shared library.
+_BUILT_IN = frozenset({"CPUExecutionProvider", "AzureExecutionProvider"})
+
+
+class RegistryUnavailable(RuntimeError):
+    """ONNX Runtime's kernel registry could not be read (the process reading it died)."""
 
 
 @dataclass(frozen=True)
@@ -45,15 +55,44 @@ def _schemas() -> dict[tuple[str, str], list[tuple[int, list[tuple[str, str]]]]]
     return table
 
 
-@functools.cache
-def _kernels() -> dict[tuple[str, str, str], list[tuple[int, int, dict[str, list[str]]]]]:
-    from onnxruntime.capi import _pybind_state as C
+_REGISTRY_SCRIPT = r"""
+import json, sys
+from onnxruntime.capi import _pybind_state as C
+rows = [[k.domain, k.op_name, *k.version_range, {p: list(t) for p, t in k.type_constraints.items()}]
+        for k in C.get_all_opkernel_def() if k.provider == sys.argv[1]]
+json.dump(rows, sys.stdout)
+"""
 
-    table: dict[tuple[str, str, str], list] = {}
-    for kernel in C.get_all_opkernel_def():
-        start, end = kernel.version_range
-        table.setdefault((_domain(kernel.domain), kernel.op_name, kernel.provider), []).append(
-            (start, end, dict(kernel.type_constraints)))
+
+@functools.cache
+def _kernels(provider: str) -> dict[tuple[str, str], list[tuple[int, int, dict[str, list[str]]]]]:
+    """The kernels ``provider`` registers, by (domain, op).
+
+    ``get_all_opkernel_def()`` loads every provider library the build has; in onnxruntime-gpu
+    (seen with 1.30.0) it segfaults when one cannot be loaded, e.g. TensorRT's where TensorRT is
+    not installed, which is the common case. So in a build with such providers the registry is
+    read in a child process, and a crash there raises ``RegistryUnavailable`` instead.
+    """
+    import onnxruntime as ort
+
+    if set(ort.get_available_providers()) <= _BUILT_IN:
+        from onnxruntime.capi import _pybind_state as C
+
+        rows = [[k.domain, k.op_name, *k.version_range, dict(k.type_constraints)]
+                for k in C.get_all_opkernel_def() if k.provider == provider]
+    else:
+        try:
+            result = subprocess.run([sys.executable, "-c", _REGISTRY_SCRIPT, provider],
+                                    capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise RegistryUnavailable(f"reading ONNX Runtime's kernel registry failed: {err}") from None
+        if result.returncode != 0:
+            raise RegistryUnavailable(f"reading ONNX Runtime's kernel registry crashed (exit code "
+                                      f"{result.returncode})")
+        rows = json.loads(result.stdout)
+    table: dict[tuple[str, str], list] = {}
+    for domain, op_name, start, end, constraints in rows:
+        table.setdefault((_domain(domain), op_name), []).append((start, end, constraints))
     return table
 
 
@@ -66,6 +105,7 @@ def _type_string(value: ir.Value | None) -> str | None:
 def unplaced_nodes(model: ir.Model, provider: str) -> list[Unplaced]:
     """Nodes of ``model`` (subgraphs included) with no ``provider`` kernel for their op and types.
 
+    Raises ``RegistryUnavailable`` when ONNX Runtime's kernel registry cannot be read.
     Calls of the model's own functions are not checked themselves (ONNX Runtime inlines them);
     their bodies are.
     """
@@ -98,7 +138,7 @@ def _why_unplaced(model: ir.Model, node: ir.Node, provider: str) -> str | None:
     if not applicable:
         return f"operator does not exist at opset {opset}"
     since, formals = applicable[-1]
-    kernels = [k for k in _kernels().get((domain, node.op_type, provider), []) if k[0] <= since <= k[1]]
+    kernels = [k for k in _kernels(provider).get((domain, node.op_type), []) if k[0] <= since <= k[1]]
     if not kernels:
         return f"no {provider} kernel for opset {since}"
     bound = _bind_types(node, formals)

@@ -7,6 +7,7 @@ gets a user's path.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import tempfile
@@ -195,6 +196,13 @@ class Session:
             raise
         if disable_fallback:
             self.session.disable_fallback()
+        # ONNX Runtime drops a provider it cannot start (CUDA libraries missing, a CUDA context
+        # refused) with only a log line, and runs everything on the CPU: never take that.
+        self.providers: list[str] = list(self.session.get_providers())
+        if provider_list and self.providers[:1] != provider_list[:1]:
+            self.close()
+            raise ProviderError(f"ONNX Runtime did not enable {provider_list[0]} (session providers: "
+                                f"{', '.join(self.providers)}); the model would run elsewhere")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -224,6 +232,31 @@ class Session:
 
     def __del__(self) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One node of ONNX Runtime's optimised graph and the provider that ran it."""
+
+    node: str
+    op_type: str
+    provider: str
+    output_types: tuple[str, ...]
+
+
+def placement(model: ir.Model, feed: Feed, **session_options: Any) -> list[Placed]:
+    """Where ONNX Runtime really ran each node: read from the profile of one run of ``feed``."""
+    with Session(model, profile=True, **session_options) as session:
+        session.run(feed)
+        events = json.loads(Path(session.session.end_profiling()).read_text(encoding="utf-8"))
+    placed = []
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            args = event.get("args", {})
+            types = tuple(next(iter(t)) for t in args.get("output_type_shape", []) if t)
+            placed.append(Placed(event["name"][:-len("_kernel_time")], args.get("op_name", "?"),
+                                 args.get("provider", "?"), types))
+    return placed
 
 
 def run_model(model: ir.Model, feeds: Iterable[Feed], **session_options: Any) -> list[dict[str, np.ndarray]]:
@@ -265,8 +298,10 @@ def run_limited(model: ir.Model, feeds: Sequence[Feed], *, what: str, keep: int 
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxpress-limited-"))
             source = str(save(model, Path(folder) / "model.onnx", external_data=True))
         try:
+            providers = session_options.get("providers", ("CPUExecutionProvider",))
+            cpu_only = all((p if isinstance(p, str) else p[0]) == "CPUExecutionProvider" for p in providers)
             return sandbox.call("onnxpress.runtime:_run_serialised", source, list(feeds), keep, latency_runs,
-                                session_options, what=what)
+                                session_options, what=what, address_space=cpu_only)
         except sandbox.SandboxedError as err:
             if err.kind == "CheckFailed":
                 raise CheckFailed(err.message) from None

@@ -15,6 +15,7 @@ import importlib
 import multiprocessing
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -68,7 +69,13 @@ def default_memory_bytes() -> int | None:
 def _child(connection, target: str, args: tuple, memory_bytes: int | None) -> None:
     """Runs in the fresh process: limits, a scratch working folder, the call, the answer."""
     import resource
+    import sys
 
+    # The parent's stdout carries results (`--json`); what native code or ONNX Runtime prints
+    # here (its "EP Error ... Falling back to CPU" message, say) goes to stderr instead.
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     if memory_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     with tempfile.TemporaryDirectory(prefix="onnxpress-sandbox-") as folder:
@@ -85,12 +92,17 @@ def _child(connection, target: str, args: tuple, memory_bytes: int | None) -> No
     connection.close()
 
 
-def call(target: str, *args: Any, what: str) -> Any:
+def call(target: str, *args: Any, what: str, address_space: bool = True) -> Any:
     """Run ``module:function(*args)`` under the current limits (in-process when there are none).
 
     ``args`` and the result must pickle (pass model bytes, not objects). Raises
     ``ResourceLimitError`` naming ``what`` on a timeout, exhausted memory or a crash, and
     ``SandboxedError`` carrying the message when the function raised.
+
+    The memory limit is enforced twice: as the child's address-space limit (an allocation past
+    it fails at once) and by watching its resident memory. ``address_space=False`` keeps only
+    the watch, for GPU runtimes: CUDA reserves far more address space than it ever uses and
+    will not start under such a limit.
     """
     limits = current()
     if limits is None:
@@ -98,14 +110,21 @@ def call(target: str, *args: Any, what: str) -> Any:
         return getattr(importlib.import_module(module_name), name)(*args)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, target, args, limits.memory_bytes), daemon=True)
+    process = context.Process(target=_child, daemon=True,
+                              args=(sender, target, args, limits.memory_bytes if address_space else None))
     process.start()
     sender.close()
     try:
-        if not receiver.poll(limits.seconds):
-            process.kill()
-            raise ResourceLimitError(f"{what} did not finish within {limits.seconds:g} s (stopped)")
-        try:
+        deadline = time.monotonic() + limits.seconds
+        while not receiver.poll(_WATCH_SECONDS):
+            if time.monotonic() > deadline:
+                process.kill()
+                raise ResourceLimitError(f"{what} did not finish within {limits.seconds:g} s (stopped)")
+            if limits.memory_bytes is not None and _resident_bytes(process.pid) > limits.memory_bytes:
+                process.kill()
+                raise ResourceLimitError(f"{what} used more than the memory limit of "
+                                         f"{limits.memory_bytes / 2**30:.1f} GiB (stopped)")
+        try:  # a child that died without answering closes the pipe: EOFError
             status, payload = receiver.recv()
         except EOFError:
             process.join(5)
@@ -122,6 +141,22 @@ def call(target: str, *args: Any, what: str) -> Any:
         raise ResourceLimitError(f"{what} ran out of memory (limit {limits.memory_bytes / 2**30:.1f} GiB)")
     kind, message = payload
     raise SandboxedError(what, kind, message)
+
+
+# How often the parent looks at the child's resident memory.
+_WATCH_SECONDS = 0.05
+
+
+def _resident_bytes(pid: int) -> int:
+    """Resident memory of a process (0 where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class SandboxedError(RuntimeError):

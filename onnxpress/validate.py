@@ -239,14 +239,21 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
     report.samples = len(feeds)
 
     primary = profile.providers[0]
-    unplaced = kernels.unplaced_nodes(candidate, primary)
-    if unplaced:
-        report.unplaced = [u.describe() for u in unplaced]
-        shown = "; ".join(report.unplaced[:5]) + (f"; and {len(unplaced) - 5} more" if len(unplaced) > 5 else "")
-        report.failures.append(f"{len(unplaced)} node(s) cannot run on {primary}: {shown}")
-
     session_options = _session_options(profile)
+    unreadable = None
+    try:
+        report.unplaced = [u.describe() for u in kernels.unplaced_nodes(candidate, primary)]
+    except kernels.RegistryUnavailable as err:
+        unreadable = err
     candidate_outputs = _run(candidate, feeds, session_options, "candidate", report)
+    if unreadable is not None:
+        report.notes.append(f"{unreadable}: node placement was read from a profiled run instead")
+        if candidate_outputs is not None and feeds:  # the limited run proved these feeds safe
+            report.unplaced = _unplaced_at_run_time(candidate, feeds[0], primary, session_options, report)
+    if report.unplaced:
+        count = len(report.unplaced)
+        shown = "; ".join(report.unplaced[:5]) + (f"; and {count - 5} more" if count > 5 else "")
+        report.failures.append(f"{count} node(s) cannot run on {primary}: {shown}")
     reference_outputs = _run(ref_model, feeds, session_options, "reference", report) if ref_model else None
     if golden_outputs is not None:
         reference_outputs = golden_outputs
@@ -302,10 +309,29 @@ def _session_options(profile: Target) -> dict[str, Any]:
                 inter_threads=profile.inter_op_threads, optimization=profile.optimization)
 
 
+def _unplaced_at_run_time(model: ir.Model, feed: Mapping[str, np.ndarray], primary: str, options: dict,
+                          report: ValidationReport) -> list[str]:
+    """Nodes a profiled run put on another provider than ``primary``. Shape computations (all
+    outputs int64) that ONNX Runtime keeps on the CPU by design are noted, not counted."""
+    placed = runtime.placement(model, feed, **options)
+    unplaced, shape_ops = [], {}
+    for p in placed:
+        if p.provider == primary or p.op_type.startswith("Memcpy"):
+            continue
+        if p.output_types and all(t == "int64" for t in p.output_types):
+            shape_ops[p.op_type] = shape_ops.get(p.op_type, 0) + 1
+            continue
+        unplaced.append(f"{p.node} ({p.op_type}): ran on {p.provider}")
+    if shape_ops:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(shape_ops.items()))
+        report.notes.append(f"shape computations ran on the CPU, as ONNX Runtime places them: {ops}")
+    return unplaced
+
+
 def _run(model: ir.Model, feeds: list, options: dict, who: str, report: ValidationReport):
     try:  # under limits in a limited child: later in-process runs on these feeds are then safe
         return runtime.run_limited(model, feeds, what=f"the {who}: ONNX Runtime session", **options)[0]
-    except runtime.ort_errors() as err:
+    except (ProviderError, *runtime.ort_errors()) as err:
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         report.failures.append(f"the {who} cannot be run on {', '.join(report.providers)}: {text}")
         return None
@@ -401,7 +427,10 @@ options.intra_op_num_threads = threads
 options.inter_op_num_threads = inter
 options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
 options.log_severity_level = 3
-session = ort.InferenceSession(folder + '/model.onnx', options, providers=sys.argv[5].split(','))
+import json
+providers = json.loads(sys.argv[5])
+session = ort.InferenceSession(folder + '/model.onnx', options, providers=[p for p, _ in providers],
+                               provider_options=[o for _, o in providers])
 session.run(None, feed)
 peak = status('VmHWM')
 print(max(0, peak - before))
@@ -409,7 +438,11 @@ print(max(0, peak - before))
 
 
 def session_peak_memory(model: ir.Model, feed: Mapping[str, np.ndarray], profile: Target) -> int:
-    """Peak resident memory (bytes) a session adds: built and run once in a fresh process."""
+    """Peak resident host memory (bytes) a session adds: built and run once in a fresh process.
+
+    On a GPU provider this is host memory (the CUDA context and libraries are most of it), not
+    device memory.
+    """
     from onnxpress.io import save
 
     with tempfile.TemporaryDirectory(prefix="onnxpress-memory-") as folder:
@@ -418,7 +451,7 @@ def session_peak_memory(model: ir.Model, feed: Mapping[str, np.ndarray], profile
         level = runtime._OPT_LEVELS[profile.optimization]
         result = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, folder, str(profile.intra_op_threads),
-             str(profile.inter_op_threads), level, ",".join(profile.providers)],
+             str(profile.inter_op_threads), level, json.dumps(profile.provider_list())],
             capture_output=True, text=True, timeout=600, cwd=folder)
     if result.returncode != 0:
         logger.warning("peak memory not measured: %s", result.stderr.strip().splitlines()[-1:] or "probe failed")

@@ -27,6 +27,9 @@ _SECTIONS: dict[str, dict[str, type]] = {
 }
 _TOP = {"name": str, "description": str}
 _OPTIMIZATION = ("disable", "basic", "extended", "all")
+# [recipe] precision is advisory: nothing applies it yet (there is no fp16 pass), so a profile
+# asking for fp16 is validated as if fp32; the value is checked so a typo is not silently kept.
+_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def load(target: str | os.PathLike | Target) -> Target:
         raise RecipeError(f"{path}: [runtime] 'providers' must be a non-empty list of provider names")
     if values.get("optimization", "all") not in _OPTIMIZATION:
         raise RecipeError(f"{path}: [runtime] 'optimization' must be one of {', '.join(_OPTIMIZATION)}")
+    if values.get("precision", "fp32") not in _PRECISIONS:
+        raise RecipeError(f"{path}: [recipe] 'precision' must be one of {', '.join(_PRECISIONS)}")
     values.setdefault("name", path.stem)
     if "intra_op_threads" in values and values["intra_op_threads"] < 0:
         raise RecipeError(f"{path}: [runtime] 'intra_op_threads' must be >= 0")

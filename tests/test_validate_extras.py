@@ -134,3 +134,45 @@ def test_edge_profile_writes_an_ort_bundle(tmp_path, digits):
     session = ort.InferenceSession(str(folder / "model.ort"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, feeds[0])[0], ort_run(model, feeds[0])[0], rtol=1e-5, atol=1e-5)
     assert report.latency["candidate"].runs >= 20
+
+
+def test_placement_is_read_from_a_profiled_run_when_the_kernel_registry_cannot_be_read(monkeypatch):
+    """onnxruntime-gpu's get_all_opkernel_def() can segfault (TensorRT missing): validate then reads
+    where each node ran from an ONNX Runtime profile instead of crashing."""
+    from onnxpress import kernels, samples
+    from onnxpress.validate import validate
+
+    def unreadable(model, provider):
+        raise kernels.RegistryUnavailable("reading ONNX Runtime's kernel registry crashed (exit code -11)")
+
+    monkeypatch.setattr(kernels, "unplaced_nodes", unreadable)
+    report = validate(samples.DIGITS_MODEL, measure_latency=False, measure_memory=False)
+    assert report.passed, report.failures
+    assert report.unplaced == []
+    assert any("profiled run" in note for note in report.notes)
+
+
+def test_the_kernel_registry_can_be_read_in_a_child_process(monkeypatch):
+    import onnxpress as ox
+    from onnxpress import kernels, samples
+
+    monkeypatch.setattr(kernels, "_BUILT_IN", frozenset())  # as in a build with CUDA or TensorRT
+    kernels._kernels.cache_clear()
+    try:
+        assert kernels.unplaced_nodes(ox.load(samples.DIGITS_MODEL), "CPUExecutionProvider") == []
+        assert ("", "Conv") in kernels._kernels("CPUExecutionProvider")
+    finally:
+        kernels._kernels.cache_clear()
+
+
+def test_a_session_whose_first_provider_was_not_enabled_is_refused(monkeypatch):
+    """ONNX Runtime drops a provider it cannot start and runs on the CPU; Session refuses that."""
+    import onnxruntime as ort
+
+    import onnxpress as ox
+    from onnxpress import runtime, samples
+    from onnxpress.errors import ProviderError
+
+    monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: ["AzureExecutionProvider"])
+    with pytest.raises(ProviderError, match="did not enable CPUExecutionProvider"):
+        runtime.Session(ox.load(samples.DIGITS_MODEL))

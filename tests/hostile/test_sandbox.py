@@ -67,3 +67,20 @@ def test_a_pass_that_breaks_the_model_is_named_and_nothing_is_written(tmp_path, 
     assert code == 2 and err[-1].startswith("onnxpress: error: pass 'breaker'"), err
     assert list(tmp_path.iterdir()) == [recipe]
     assert samples.DIGITS_MODEL.read_bytes() == before
+
+
+def test_what_a_step_prints_does_not_reach_stdout(capfd):
+    """stdout carries `--json` results: ONNX Runtime's fallback message printed in the child
+    (seen on a GPU under a small memory limit) must not corrupt them."""
+    with sandbox.limited(sandbox.Limits(seconds=60)):
+        sandbox.call("builtins:print", "printed in the child", what="a printing step")
+    out, err = capfd.readouterr()
+    assert "printed in the child" not in out and "printed in the child" in err
+
+
+def test_resident_memory_is_watched_without_an_address_space_limit():
+    """GPU runtimes run without RLIMIT_AS (CUDA reserves huge address ranges); the parent's
+    watch on resident memory still stops a step that grows past the limit."""
+    with sandbox.limited(sandbox.Limits(seconds=60, memory_bytes=300 * 2**20)):
+        with pytest.raises(sandbox.ResourceLimitError, match="hog used more than the memory limit of 0.3 GiB"):
+            sandbox.call("numpy:ones", (2**30,), what="hog", address_space=False)
