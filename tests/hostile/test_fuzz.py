@@ -19,6 +19,12 @@ from onnxpress.errors import DataError, ModelError
 SOURCE = samples.DIGITS_MODEL.read_bytes()
 
 
+def _examples(count: int):
+    """Reproducible in CI: the same ``count`` examples every run."""
+    return settings(max_examples=count, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
 def _load_or_refuse(tmp_path, data: bytes) -> None:
     path = tmp_path / "fuzzed.onnx"
     path.write_bytes(data)
@@ -30,8 +36,7 @@ def _load_or_refuse(tmp_path, data: bytes) -> None:
     ox.inspect(model)
 
 
-@settings(max_examples=250, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_examples(250)
 @given(st.lists(st.tuples(st.integers(0, len(SOURCE) - 1), st.integers(0, 255)), min_size=1, max_size=8),
        st.integers(0, len(SOURCE)))
 def test_mutated_bytes_load_or_are_refused(tmp_path, flips, cut):
@@ -42,8 +47,7 @@ def test_mutated_bytes_load_or_are_refused(tmp_path, flips, cut):
     _load_or_refuse(tmp_path, bytes(data))
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_examples(150)
 @given(st.data())
 def test_mutated_fields_load_or_are_refused(tmp_path, data):
     proto = onnx.load_from_string(SOURCE)
@@ -73,8 +77,7 @@ def test_mutated_fields_load_or_are_refused(tmp_path, data):
     _load_or_refuse(tmp_path, proto.SerializeToString())
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_examples(40)
 @given(st.data())
 def test_mutated_attributes_run_or_fail_cleanly(tmp_path, data):
     proto = onnx.load_from_string(SOURCE)
