@@ -136,6 +136,11 @@ def from_npz(path: str | os.PathLike, *, batch_size: int = 1, limit: int | None 
     return Calibration(batches, length=len(starts), name=str(source))
 
 
+def read_array(path: str | os.PathLike, key: str) -> np.ndarray:
+    """One array of a ``.npz`` file (labels, say); ``DataError`` naming what the file holds."""
+    return _read_npz(Path(path), [key])[key]
+
+
 def _read_npz(path: Path, keys: Sequence[str] | None = None) -> Feed:
     try:
         with np.load(path, allow_pickle=False) as data:

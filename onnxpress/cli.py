@@ -67,12 +67,34 @@ def _cmd_targets(args) -> int:
     return 0
 
 
-def _data(path: str | None):
+def _data(path: str | None, model):
+    """Feeds for ``model`` from a .npz file or folder: its input arrays (others, such as
+    labels, are left out)."""
     if path is None:
         return None
     from onnxpress.calibration import from_npz
+    from onnxpress.runtime import input_specs
 
-    return from_npz(path)
+    return from_npz(path, keys=[spec.name for spec in input_specs(model)])
+
+
+def _labels(path: str | None, key: str):
+    """Top-1 accuracy against the integer array ``key`` of the --data file, as a metric."""
+    from onnxpress.calibration import read_array
+    from onnxpress.errors import DataError
+    from onnxpress.metrics import accuracy
+
+    if path is None or Path(path).is_dir():
+        raise DataError("--labels needs --data to be one .npz file holding the labels")
+    labels = read_array(path, key)
+
+    def metric(outputs):
+        try:
+            return accuracy(outputs, labels)
+        except ValueError as err:
+            raise DataError(f"--labels {key}: {err}") from None
+
+    return metric
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -115,13 +137,14 @@ def _cmd_validate(args) -> int:
 
     candidate = load(args.model)
     if args.save_golden:
-        save_golden(candidate, _data(args.data) if args.data else _generated(candidate), args.save_golden)
+        save_golden(candidate, _data(args.data, candidate) if args.data else _generated(candidate), args.save_golden)
         print(f"saved golden inputs and outputs of {args.model} in {args.save_golden}")
         return 0
     reference = load(args.reference) if args.reference else None
-    report = validate(candidate, reference, target=args.target, data=_data(args.data), golden=args.golden,
+    metric = _labels(args.data, args.labels) if args.labels else None
+    report = validate(candidate, reference, target=args.target, data=_data(args.data, candidate), golden=args.golden,
                       allow_missing_provider=args.allow_missing_provider, layerwise=args.layerwise,
-                      bundle=args.bundle)
+                      bundle=args.bundle, metric=metric, metric_name="accuracy")
     _print_report(report, args.json)
     _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT
@@ -145,7 +168,7 @@ def _cmd_run(args) -> int:
     pipeline = recipe.pipeline()
     if args.no_check:
         pipeline.check = False
-    calibration = _data(args.calibration) if args.calibration else pipeline.calibration
+    calibration = _data(args.calibration, model) if args.calibration else pipeline.calibration
     result = pipeline.run(model, calibration, progress=_progress)
     print(result.table())
     save(result.model, output, external_data=True if args.external_data else None)
@@ -207,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("model")
     validate.add_argument("--reference", help="the model the candidate must agree with")
     validate.add_argument("--target", default="cpu")
-    validate.add_argument("--data", help=".npz file or folder of them (default: generated inputs)")
+    validate.add_argument("--data", help=".npz file or folder of them (default: generated inputs); arrays "
+                          "that are not model inputs are left out")
+    validate.add_argument("--labels", metavar="KEY", help="integer class labels in the --data file: judge "
+                          "top-1 accuracy and its drop (the profile's metric_drop)")
     validate.add_argument("--json", action="store_true")
     validate.add_argument("--allow-missing-provider", action="store_true")
     validate.add_argument("--golden", help="compare with the inputs and outputs stored by --save-golden")

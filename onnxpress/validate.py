@@ -109,7 +109,9 @@ class ValidationReport:
                          _mb(self.peak_memory.get("candidate"))))
         if self.task_metric:
             name = self.task_metric.get("name", "metric")
-            rows.append((str(name), f"{self.task_metric['reference']:.4f}", f"{self.task_metric['candidate']:.4f}"))
+            reference = self.task_metric["reference"]
+            rows.append((str(name), "-" if reference is None else f"{reference:.4f}",
+                         f"{self.task_metric['candidate']:.4f}"))
         return rows
 
     def to_markdown(self) -> str:
@@ -260,6 +262,9 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
 
     if candidate_outputs is not None and reference_outputs is not None:
         _judge_accuracy(report, profile, reference_outputs, candidate_outputs, metric, metric_name)
+    elif candidate_outputs is not None and metric is not None:  # nothing to drop from: report it
+        report.task_metric = {"name": metric_name, "reference": None,
+                              "candidate": float(metric(candidate_outputs)), "drop": None}
     if layerwise and ref_model is not None and candidate_outputs is not None and reference_outputs is not None:
         from onnxpress.layerwise import compare_layers
 

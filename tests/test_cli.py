@@ -116,3 +116,18 @@ def test_validate_exit_code_follows_the_verdict(tmp_path, capsys):
     assert code == 1 and "verdict on target 'cpu': FAILED" in out and "cosine" in out
     code = main(["validate", str(samples.DIGITS_MODEL), "--reference", str(samples.DIGITS_MODEL), "--json"])
     assert code == 0 and json.loads(capsys.readouterr().out)["passed"] is True
+
+
+def test_validate_judges_accuracy_from_labels_in_the_data_file(capsys):
+    """The bundled eval file holds the input and the labels: the labels are left out of the
+    feeds and, with --labels, give top-1 accuracy for both models and its drop."""
+    data = str(samples.DIGITS_MODEL.parent / "digits_eval.npz")
+    code = main(["validate", str(samples.DIGITS_MODEL), "--reference", str(samples.DIGITS_MODEL),
+                 "--data", data, "--labels", "label", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["samples"] == 397
+    assert report["task_metric"]["name"] == "accuracy"
+    assert report["task_metric"]["candidate"] == pytest.approx(395 / 397)  # held-out accuracy of the sample
+    assert report["task_metric"]["drop"] == 0.0
+    assert main(["validate", str(samples.DIGITS_MODEL), "--labels", "label"]) == 2
+    assert "--labels needs --data" in capsys.readouterr().err
