@@ -142,6 +142,8 @@ def read_array(path: str | os.PathLike, key: str) -> np.ndarray:
 
 
 def _read_npz(path: Path, keys: Sequence[str] | None = None) -> Feed:
+    if not path.is_file():  # a FIFO or device would block the reader
+        raise DataError(f"{path}: not a regular file")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = sorted(set(keys or ()) - set(data.files))

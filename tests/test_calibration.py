@@ -22,6 +22,15 @@ def test_folder_of_npz_files_allows_different_shapes(tmp_path):
     assert [f["ids"].shape for f in feeds] == [(1, 3), (1, 7), (1, 5)]
 
 
+def test_a_fifo_among_the_data_files_is_refused_not_waited_on(tmp_path):
+    import os
+
+    np.savez(tmp_path / "a.npz", ids=np.ones((1, 3), np.int64))
+    os.mkfifo(tmp_path / "b.npz")
+    with pytest.raises(DataError, match="b.npz: not a regular file"):
+        list(calibration.from_npz(tmp_path))
+
+
 def test_split_and_take(rng):
     feeds = [{"x": rng.standard_normal((1, 2)).astype(np.float32)} for _ in range(10)]
     source = calibration.from_feeds(feeds)
