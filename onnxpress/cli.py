@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -278,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with sandbox.limited(limits):
             return args.func(args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED_VERDICT
     except OnnxpressError as err:
         if args.debug:
             raise

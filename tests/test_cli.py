@@ -131,3 +131,16 @@ def test_validate_judges_accuracy_from_labels_in_the_data_file(capsys):
     assert report["task_metric"]["drop"] == 0.0
     assert main(["validate", str(samples.DIGITS_MODEL), "--labels", "label"]) == 2
     assert "--labels needs --data" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_gets_no_traceback(monkeypatch, capsys):
+    """`onnxpress inspect model.onnx | head -1`: stdout's reader has gone when we print."""
+    import io
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    gone = io.TextIOWrapper(os.fdopen(write_end, "wb", buffering=0), write_through=True)
+    with capsys.disabled():
+        monkeypatch.setattr(sys, "stdout", gone)
+        assert main(["inspect", str(samples.DIGITS_MODEL)]) == 1
