@@ -18,7 +18,8 @@ import onnxpress as ox
 from onnxpress import runtime, targets
 from onnxpress.metrics import compare
 from onnxpress.samples import minilm
-from onnxpress.validate import measure, model_size
+from onnxpress.modelinfo import saved_size as model_size
+from onnxpress.validate import measure
 
 
 def _say(message: str) -> None:

@@ -19,7 +19,8 @@ import numpy as np
 import onnxpress as ox
 from onnxpress import runtime, samples, targets
 from onnxpress.metrics import accuracy, compare
-from onnxpress.validate import measure, model_size
+from onnxpress.modelinfo import saved_size as model_size
+from onnxpress.validate import measure
 
 
 def _say(message: str) -> None:

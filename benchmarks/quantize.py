@@ -233,7 +233,8 @@ def say(case: str, step: str) -> None:
 def prepare(name: str, settings: Settings, folder: Path) -> Case:
     """Export or load the fp32 model into ``folder`` and build its calibration and evaluation data."""
     import onnxpress as ox
-    from onnxpress import runtime, samples
+    from onnxpress import samples
+    from onnxpress.feeds import input_specs
 
     folder.mkdir()
     if name == "digits":
@@ -259,7 +260,7 @@ def prepare(name: str, settings: Settings, folder: Path) -> Case:
         say(name, "export")
         example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
         model = ox.export(getattr(architectures, name)(), example)
-        input_name = runtime.input_specs(model)[0].name
+        input_name = input_specs(model)[0].name
         evaluation = _images(settings.image_evaluation, 1, input_name)
         case = Case(name, folder, _images(settings.image_calibration, 0, input_name), evaluation, evaluation[0],
                     latency_aware_row=name == "mobilenet_v3_small")

@@ -17,7 +17,7 @@ import onnx
 import onnxsim
 
 import onnxpress as ox
-from onnxpress import runtime, targets
+from onnxpress import feeds, runtime, targets
 from onnxpress.validate import measure
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         start = time.perf_counter()
         peer, _ = onnxsim.simplify(proto, check_n=0)
         peer_s = time.perf_counter() - start
-        feed = runtime.random_feeds(model, 1)[0]
+        feed = feeds.random_feeds(model, 1)[0]
         before = measure(model, feed, profile).median_ms
         after = measure(ours, feed, profile).median_ms
         time_ratios.append(ours_s / peer_s)

@@ -5,12 +5,21 @@ Runtime) goes through here, once per call.
 """
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
 # Protobuf refuses messages of 2 GiB and more; stay clear of it with a margin for the graph.
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 _MARGIN_BYTES = 64 * 2**20
+
+# Models serialised in this process (``benchmarks/overhead.py`` reports it).
+SERIALISATIONS = 0
+
+# 4-bit types pack two elements per byte.
+PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+if hasattr(onnx.TensorProto, "FLOAT4E2M1"):
+    PACKED_4BIT.add(onnx.TensorProto.FLOAT4E2M1)
 
 
 def weight_bytes(model: ir.Model) -> int:
@@ -71,6 +80,8 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
                 for name, attr in list(node.attributes.items()):
                     if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
                         node.attributes[name] = ir.AttrTensor(name, _in_memory(attr.value))
+    global SERIALISATIONS
+    SERIALISATIONS += 1
     return ir.serde.serialize_model(model)
 
 
@@ -118,3 +129,47 @@ def convert_opset(model: ir.Model, version: int) -> ir.Model:
 
 
 ConversionError = (onnx.checker.ValidationError, RuntimeError, ValueError, IndexError)
+
+
+def tensor_protos(proto: onnx.ModelProto):
+    """Yield (TensorProto, description) for every tensor anywhere in the model."""
+    def from_graph(graph: onnx.GraphProto, where: str):
+        for tensor in graph.initializer:
+            yield tensor, f"initializer '{tensor.name}'{where}"
+        for sparse in graph.sparse_initializer:
+            yield sparse.values, f"sparse initializer '{sparse.values.name}'{where}"
+            yield sparse.indices, f"indices of sparse initializer '{sparse.values.name}'{where}"
+        for node in graph.node:
+            yield from from_node(node, where)
+
+    def from_node(node: onnx.NodeProto, where: str):
+        label = f" of node '{node.name or node.op_type}'{where}"
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t, f"attribute '{attr.name}'{label}"
+            for tensor in attr.tensors:
+                yield tensor, f"attribute '{attr.name}'{label}"
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values, f"attribute '{attr.name}'{label}"
+            if attr.HasField("g"):
+                yield from from_graph(attr.g, f" in subgraph of node '{node.name or node.op_type}'")
+            for sub in attr.graphs:
+                yield from from_graph(sub, f" in subgraph of node '{node.name or node.op_type}'")
+
+    yield from from_graph(proto.graph, "")
+    for function in proto.functions:
+        for node in function.node:
+            yield from from_node(node, f" in function '{function.name}'")
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's declared shape needs in raw form (None for strings and unknown types)."""
+    count = int(np.prod(np.array(tensor.dims, dtype=np.float64))) if tensor.dims else 1
+    if tensor.data_type in PACKED_4BIT:
+        return (count + 1) // 2
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None

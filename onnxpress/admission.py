@@ -14,6 +14,7 @@ import onnx
 import onnx.numpy_helper
 from google.protobuf.message import Message
 
+from onnxpress import _proto
 from onnxpress.errors import ModelError
 
 # Largest element count a declared tensor may have (2**36 float32 = 256 GiB): beyond it a
@@ -28,10 +29,6 @@ MAX_LOOP_TRIPS = 10**7
 # Domains of function libraries exporters emit besides the operator schemas' own domains.
 _EXPORTER_DOMAINS = {"pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common", "pkg.torch.onnx"}
 
-# 4-bit types pack two elements per byte.
-_PACKED_4BIT = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
-if hasattr(onnx.TensorProto, "FLOAT4E2M1"):
-    _PACKED_4BIT.add(onnx.TensorProto.FLOAT4E2M1)
 
 _TYPED_FIELDS = {
     onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data",
@@ -79,9 +76,7 @@ def admit(proto: onnx.ModelProto, name: str) -> None:
         if opset.version < 1 or (domain in maxima and opset.version > maxima[domain]):
             raise ModelError(f"{name}: opset {opset.version} of domain '{opset.domain or 'ai.onnx'}' is not "
                              f"supported (at most {maxima.get(domain, '?')})")
-    from onnxpress.io import _tensor_protos
-
-    for tensor, where in _tensor_protos(proto):
+    for tensor, where in _proto.tensor_protos(proto):
         _check_tensor(tensor, f"{name}: {where}")
     _check_graph(proto.graph, name, set(), "graph")
     _check_budget(proto.graph, name, {})
@@ -138,7 +133,7 @@ def _check_tensor(tensor: onnx.TensorProto, where: str) -> None:
         count *= d
         if count > MAX_ELEMENTS:
             raise ModelError(f"{where} declares more than {MAX_ELEMENTS} elements ({list(tensor.dims)})")
-    expected = tensor_nbytes(tensor)
+    expected = _proto.tensor_nbytes(tensor)
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return  # length and offset are checked against the file by onnxpress.io
     if tensor.HasField("raw_data"):
@@ -151,21 +146,8 @@ def _check_tensor(tensor: onnx.TensorProto, where: str) -> None:
     field = _TYPED_FIELDS.get(tensor.data_type, "int32_data")
     held = len(getattr(tensor, field))
     per_element = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
-    if held and held != count * per_element and not (tensor.data_type in _PACKED_4BIT and held == (count + 1) // 2):
+    if held and held != count * per_element and not (tensor.data_type in _proto.PACKED_4BIT and held == (count + 1) // 2):
         raise ModelError(f"{where} holds {held} values but its shape {list(tensor.dims)} needs {count}")
-
-
-def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes a tensor's declared shape needs in raw form (None for strings and unknown types)."""
-    count = int(np.prod(np.array(tensor.dims, dtype=np.float64))) if tensor.dims else 1
-    if tensor.data_type in _PACKED_4BIT:
-        return (count + 1) // 2
-    if tensor.data_type == onnx.TensorProto.STRING:
-        return None
-    try:
-        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-    except (KeyError, ValueError, TypeError):
-        return None
 
 
 def _check_graph(graph: onnx.GraphProto, name: str, outer: set[str], label: str) -> None:

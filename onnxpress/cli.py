@@ -74,7 +74,7 @@ def _data(path: str | None, model):
     if path is None:
         return None
     from onnxpress.calibration import from_npz
-    from onnxpress.runtime import input_specs
+    from onnxpress.feeds import input_specs
 
     return from_npz(path, keys=[spec.name for spec in input_specs(model)])
 
@@ -152,7 +152,7 @@ def _cmd_validate(args) -> int:
 
 
 def _generated(model):
-    from onnxpress.runtime import random_feeds
+    from onnxpress.feeds import random_feeds
 
     return random_feeds(model, 8, seed=1)
 

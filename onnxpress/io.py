@@ -77,7 +77,7 @@ def _load_path(path: Path, *, check_external_data: bool) -> ir.Model:
     proto = _parse(data, str(path))
     folder = path.resolve().parent
     if check_external_data:
-        for tensor, where in _tensor_protos(proto):
+        for tensor, where in _proto.tensor_protos(proto):
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 _check_external(tensor, where, folder, path)
     model = _proto.from_proto(proto)
@@ -110,39 +110,8 @@ def _admit_structure(proto: onnx.ModelProto, name: str) -> None:
     admit(proto, name)
 
 
-def _tensor_protos(proto: onnx.ModelProto):
-    """Yield (TensorProto, description) for every tensor anywhere in the model."""
-    def from_graph(graph: onnx.GraphProto, where: str):
-        for tensor in graph.initializer:
-            yield tensor, f"initializer '{tensor.name}'{where}"
-        for sparse in graph.sparse_initializer:
-            yield sparse.values, f"sparse initializer '{sparse.values.name}'{where}"
-            yield sparse.indices, f"indices of sparse initializer '{sparse.values.name}'{where}"
-        for node in graph.node:
-            yield from from_node(node, where)
-
-    def from_node(node: onnx.NodeProto, where: str):
-        label = f" of node '{node.name or node.op_type}'{where}"
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t, f"attribute '{attr.name}'{label}"
-            for tensor in attr.tensors:
-                yield tensor, f"attribute '{attr.name}'{label}"
-            if attr.HasField("sparse_tensor"):
-                yield attr.sparse_tensor.values, f"attribute '{attr.name}'{label}"
-            if attr.HasField("g"):
-                yield from from_graph(attr.g, f" in subgraph of node '{node.name or node.op_type}'")
-            for sub in attr.graphs:
-                yield from from_graph(sub, f" in subgraph of node '{node.name or node.op_type}'")
-
-    yield from from_graph(proto.graph, "")
-    for function in proto.functions:
-        for node in function.node:
-            yield from from_node(node, f" in function '{function.name}'")
-
-
 def _refuse_external(proto: onnx.ModelProto, name: str) -> None:
-    for tensor, where in _tensor_protos(proto):
+    for tensor, where in _proto.tensor_protos(proto):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ModelError(f"{name}: {where} refers to external data, which can only be "
                              "loaded from a model file path")
@@ -190,9 +159,7 @@ def _check_external(tensor: onnx.TensorProto, where: str, folder: Path, model_pa
     if offset < 0 or length < 0 or offset + length > info_stat.st_size:
         raise ModelError(f"{prefix}: external data [{offset}, {offset + length}) lies outside "
                          f"'{location}' ({info_stat.st_size} bytes)")
-    from onnxpress.admission import tensor_nbytes
-
-    expected = tensor_nbytes(tensor)
+    expected = _proto.tensor_nbytes(tensor)
     if expected is not None and expected != length:
         raise ModelError(f"{prefix}: external data holds {length} bytes but the tensor's shape "
                          f"{list(tensor.dims)} needs {expected}")
@@ -304,7 +271,7 @@ def _our_data_files(dest: Path) -> set[str]:
     except (OSError, google.protobuf.message.DecodeError):
         return set()
     names = set()
-    for tensor, _ in _tensor_protos(proto):
+    for tensor, _ in _proto.tensor_protos(proto):
         for entry in tensor.external_data:
             if (entry.key == "location" and entry.value.startswith(dest.name + ".")
                     and entry.value.endswith(".data") and "/" not in entry.value):

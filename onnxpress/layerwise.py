@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import runtime
+from onnxpress import modelinfo, runtime
 from onnxpress.metrics import error_stats
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Map
                    cosine_tolerance: float = 0.99, max_samples: int = 4,
                    providers: Sequence = ("CPUExecutionProvider",)) -> LayerwiseResult:
     """Compare every intermediate tensor ``reference`` and ``candidate`` share by name."""
-    ref_model, ref_order = runtime.expose_intermediates(reference)
-    cand_model, cand_order = runtime.expose_intermediates(candidate)
+    ref_model, ref_order = modelinfo.expose_intermediates(reference)
+    cand_model, cand_order = modelinfo.expose_intermediates(candidate)
     alias = _dequantized_aliases(cand_model)
     cand_names = {name for name, _, _ in cand_order}
     shared = [(name, op, node) for name, op, node in ref_order if name in cand_names]

@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto, runtime, sandbox
+from onnxpress import _proto, feeds, runtime, sandbox
 from onnxpress.calibration import Calibration, from_feeds
 from onnxpress.errors import DataError, OnnxpressError, PassError, PipelineError
 from onnxpress.metrics import ErrorStats, compare
-from onnxpress.passes._common import node_count
+from onnxpress.modelinfo import format_bytes, node_count, parameter_count
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Context:
         from onnxpress.validate import measure
 
         source = self.evaluation or self.calibration
-        feed = source.take(1)[0] if source is not None else runtime.random_feeds(model, 1)[0]
+        feed = source.take(1)[0] if source is not None else feeds.random_feeds(model, 1)[0]
         return measure(model, feed, targets.load(self.target or "cpu")).median_ms
 
     def compare_layers(self, reference: ir.Model, candidate: ir.Model, samples: int = 4):
@@ -114,12 +114,6 @@ class Context:
 
     def _providers(self):
         return ("CPUExecutionProvider",)
-
-
-def parameter_count(model: ir.Model) -> int:
-    """Elements held by the initializers of every graph."""
-    return sum(v.const_value.size for g in model.graphs() for v in g.initializers.values()
-               if v.const_value is not None)
 
 
 @dataclass
@@ -193,14 +187,6 @@ class PipelineResult:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
-
-
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(count) < 1024 or unit == "GB":
-            return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
-        count /= 1024
-    return f"{count:.1f}GB"
 
 
 class Pipeline:
@@ -338,10 +324,10 @@ class Pipeline:
         if calib is not None:
             feeds = calib.take(self.golden_samples)
             for i, feed in enumerate(feeds):
-                runtime.check_feed(model, feed, f"{calib.name}: sample {i}")
+                feeds.check_feed(model, feed, f"{calib.name}: sample {i}")
             return feeds, "calibration", f"{len(feeds)} calibration samples"
         try:
-            feeds = runtime.random_feeds(model, self.golden_samples, seed=0)
+            feeds = feeds.random_feeds(model, self.golden_samples, seed=0)
         except DataError as err:
             logger.warning("accuracy not tracked: %s", err)
             return [], None, f"accuracy not tracked: {err}"

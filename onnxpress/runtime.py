@@ -47,91 +47,6 @@ def _checked(check, cleanup=None) -> None:
         raise CheckFailed(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """A graph input: name, numpy dtype and shape (``None`` or a name for unknown dims)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | str | None, ...] | None
-
-    def describe(self) -> str:
-        dims = "?" if self.shape is None else "x".join(str(d) if d is not None else "?" for d in self.shape)
-        return f"{self.name}: {self.dtype}[{dims}]"
-
-
-def input_specs(model: ir.Model) -> list[InputSpec]:
-    """The graph inputs that need a feed (initializers listed as inputs are skipped)."""
-    specs = []
-    for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
-            continue
-        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
-        shape = None
-        if value.shape is not None:
-            shape = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape)
-        specs.append(InputSpec(value.name, dtype, shape))
-    return specs
-
-
-def random_feeds(model: ir.Model, count: int, *, seed: int = 0, batch: int = 1,
-                 symbolic_dim: int = DEFAULT_SYMBOLIC_DIM) -> list[dict[str, np.ndarray]]:
-    """Generate ``count`` feeds from the input signature.
-
-    Floats are standard normal; integers are 0 or 1 (valid token ids, masks and indices for
-    almost every model); booleans are random. The first symbolic dimension is ``batch``; any
-    other symbolic dimension is ``symbolic_dim``.
-    """
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(count):
-        feed = {}
-        for spec in input_specs(model):
-            shape = _concrete_shape(spec, batch, symbolic_dim)
-            if np.issubdtype(spec.dtype, np.floating):
-                feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-            elif np.issubdtype(spec.dtype, np.integer):
-                feed[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-            elif spec.dtype == np.bool_:
-                feed[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
-            else:
-                raise DataError(f"input '{spec.name}' has dtype {spec.dtype}; inputs of that type "
-                                "cannot be generated, give data")
-        feeds.append(feed)
-    return feeds
-
-
-def _concrete_shape(spec: InputSpec, batch: int, symbolic_dim: int) -> tuple[int, ...]:
-    if spec.shape is None:
-        raise DataError(f"input '{spec.name}' has no declared shape; inputs cannot be generated, "
-                        "give data")
-    return tuple(d if isinstance(d, int) else (batch if i == 0 else symbolic_dim)
-                 for i, d in enumerate(spec.shape))
-
-
-def check_feed(model: ir.Model, feed: Feed, where: str = "data") -> None:
-    """Raise ``DataError`` unless ``feed`` has every input with the right rank and dtype."""
-    specs = {spec.name: spec for spec in input_specs(model)}
-    missing = sorted(set(specs) - set(feed))
-    if missing:
-        raise DataError(f"{where}: missing input(s) {missing}; the model takes {sorted(specs)}")
-    unknown = sorted(set(feed) - set(specs))
-    if unknown:
-        raise DataError(f"{where}: unknown input(s) {unknown}; the model takes {sorted(specs)}")
-    for name, spec in specs.items():
-        array = np.asarray(feed[name])
-        if array.dtype != spec.dtype:
-            raise DataError(f"{where}: input '{name}' is {array.dtype}, the model wants {spec.dtype}")
-        if spec.shape is not None:
-            if array.ndim != len(spec.shape):
-                raise DataError(f"{where}: input '{name}' has rank {array.ndim}, the model wants "
-                                f"{len(spec.shape)} ({spec.describe()})")
-            for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
-                if isinstance(want, int) and got != want:
-                    raise DataError(f"{where}: input '{name}' has size {got} on axis {axis}, the "
-                                    f"model wants {want} ({spec.describe()})")
-
-
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -344,41 +259,6 @@ def ort_errors() -> tuple[type[BaseException], ...]:
     names = ("Fail", "InvalidGraph", "InvalidArgument", "NoSuchFile", "RuntimeException",
              "NotImplemented", "EPFail", "InvalidProtobuf", "EngineError")
     return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError,)
-
-
-def expose_intermediates(model: ir.Model, names: Iterable[str] | None = None,
-                         include_inputs: bool = False) -> tuple[ir.Model, list[tuple[str, str, str]]]:
-    """A copy with float intermediates of the main graph added as outputs.
-
-    Returns the copy and ``(tensor, op_type, node_name)`` for each exposed tensor in graph
-    order (``op_type`` is ``"input"`` for graph inputs). ``names`` restricts the tensors.
-    Types come from shape inference (best effort: values that already carry types still work).
-    """
-    copy = model.clone()
-    try:
-        common_passes.ShapeInferencePass()(copy)
-    except ir.passes.PassError as err:
-        logger.warning("shape inference failed (%s); exposing typed values only", err)
-    wanted = set(names) if names is not None else None
-    existing = {v.name for v in copy.graph.outputs}
-    order = []
-
-    def expose(value: ir.Value, op_type: str, node_name: str) -> None:
-        if (value.name and value.dtype is not None and value.dtype.is_floating_point()
-                and (wanted is None or value.name in wanted)):
-            if value.name not in existing and op_type != "input":  # inputs are read from the feed
-                copy.graph.outputs.append(value)
-                existing.add(value.name)
-            order.append((value.name, op_type, node_name))
-
-    if include_inputs:
-        for value in copy.graph.inputs:
-            if value.name not in copy.graph.initializers:
-                expose(value, "input", "")
-    for node in copy.graph:
-        for value in node.outputs:
-            expose(value, node.op_type, node.name or "")
-    return copy, order
 
 
 INT8_KERNELS = frozenset({

@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import runtime
+from onnxpress import modelinfo, runtime
+from onnxpress.feeds import check_feed
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         limit: stop after this many samples.
         progress: called as ``progress(done, total)`` after each sample.
     """
-    exposed, order = runtime.expose_intermediates(model, tensors, include_inputs=True)
+    exposed, order = modelinfo.expose_intermediates(model, tensors, include_inputs=True)
     axes = dict(channel_axes or {})
     full = set(second_moments)
     stats = {name: TensorStats(name, bins=bins, channel_axis=axes.get(name), full_second_moment=name in full)
@@ -237,7 +238,7 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         for feed in calibration:
             if limit is not None and done >= limit:
                 break
-            runtime.check_feed(model, feed, f"calibration: sample {done}")
+            check_feed(model, feed, f"calibration: sample {done}")
             values = session.session.run(wanted, {name: feed[name] for name in session.input_names})
             for name, value in zip(wanted, values):
                 stats[name].update(value)

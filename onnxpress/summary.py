@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass
 
 import onnx_ir as ir
 
-from onnxpress.passes._common import node_count, op_histogram
-from onnxpress.pipeline import format_bytes
-from onnxpress.runtime import input_specs
+from onnxpress.modelinfo import format_bytes, node_count, op_histogram
+from onnxpress.feeds import input_specs
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto, kernels, runtime
+from onnxpress import _proto, feeds as feeds_, kernels, modelinfo, runtime
 from onnxpress.calibration import from_feeds
 from onnxpress.errors import DataError, ProviderError
 from onnxpress.metrics import ErrorStats, compare, top1_agreement
@@ -232,12 +232,12 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         feeds = list(from_feeds(data, name="data"))
         report.data_source = "given data"
     else:
-        feeds = runtime.random_feeds(candidate, _GENERATED_SAMPLES, seed=1)
+        feeds = feeds_.random_feeds(candidate, _GENERATED_SAMPLES, seed=1)
         report.data_source = "inputs generated from the signature"
         report.notes.append("no data given: inputs were generated, so the accuracy verdict is only a "
                             "consistency check between the two models, not a task accuracy")
     for i, feed in enumerate(feeds):
-        runtime.check_feed(candidate, feed, f"data: sample {i}")
+        feeds_.check_feed(candidate, feed, f"data: sample {i}")
     report.samples = len(feeds)
 
     primary = profile.providers[0]
@@ -295,9 +295,9 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         if profile.latency_ms > 0 and report.latency["candidate"].median_ms > profile.latency_ms:
             report.failures.append(f"latency {report.latency['candidate'].median_ms:.3f} ms is over the "
                                    f"budget of {profile.latency_ms:g} ms")
-    report.size["candidate"] = model_size(candidate)
+    report.size["candidate"] = modelinfo.saved_size(candidate)
     if ref_model is not None:
-        report.size["reference"] = model_size(ref_model)
+        report.size["reference"] = modelinfo.saved_size(ref_model)
     if profile.size_mb > 0 and report.size["candidate"] > profile.size_mb * 2**20:
         report.failures.append(f"size {report.size['candidate'] / 2**20:.2f} MB is over the budget of "
                                f"{profile.size_mb:g} MB")
@@ -391,13 +391,6 @@ def _class_scores(outputs: list, name: str, report: ValidationReport) -> bool:
     return True
 
 
-def model_size(model: ir.Model) -> int:
-    """Bytes the model takes saved: the protobuf, or weights plus graph past the 2 GB limit."""
-    if _proto.fits_in_protobuf(model):
-        return len(_proto.to_bytes(model))
-    return _proto.weight_bytes(model)
-
-
 def measure(model: ir.Model, feed: Mapping[str, np.ndarray], profile: Target) -> Latency:
     """Median and p90 latency: warm-up, then runs until both ``min_runs`` and ``min_seconds``."""
     with runtime.Session(model, **_session_options(profile)) as session:
@@ -474,7 +467,7 @@ def save_golden(model: Any, data: Iterable[Mapping[str, np.ndarray]], path: str 
     model = load(model)
     feeds = list(from_feeds(data, name="data"))
     for i, feed in enumerate(feeds):
-        runtime.check_feed(model, feed, f"data: sample {i}")
+        feeds_.check_feed(model, feed, f"data: sample {i}")
     outputs = runtime.run_model(model, feeds)
     arrays: dict[str, np.ndarray] = {}
     for i, (feed, output) in enumerate(zip(feeds, outputs)):

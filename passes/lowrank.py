@@ -9,7 +9,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress.passes._common import constant, fingerprint, require_calibration
+from onnxpress.modelinfo import fingerprint
+from onnxpress.passes._common import constant, require_calibration
 
 logger = logging.getLogger(__name__)
 

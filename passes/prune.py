@@ -9,8 +9,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress.passes._common import (constant, deflated_size, fingerprint, model_flops, require_calibration,
-                                      set_initializer)
+from onnxpress.modelinfo import deflated_size, fingerprint, model_flops
+from onnxpress.passes._common import constant, require_calibration, set_initializer
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import onnx_ir.passes.common as common_passes
 from onnxpress import _proto
 from onnxpress.errors import PassError
 from onnxpress.passes import _calibrated
-from onnxpress.passes._common import constant, fingerprint, fold_batchnorm, require_calibration
+from onnxpress.modelinfo import fingerprint
+from onnxpress.passes._common import constant, fold_batchnorm, require_calibration
 
 logger = logging.getLogger(__name__)
 

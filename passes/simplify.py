@@ -9,7 +9,7 @@ import onnx_ir.passes.common as common_passes
 
 from onnxpress import _proto, sandbox
 from onnxpress.errors import PassError
-from onnxpress.passes._common import fingerprint, node_count, op_histogram
+from onnxpress.modelinfo import fingerprint, node_count, op_histogram
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import pytest
 
 import onnxpress as ox
 from onnxpress.export import export_info
-from onnxpress.runtime import input_specs
+from onnxpress.feeds import input_specs
 
 from conftest import LIGHT_MODELS, ort_run
 

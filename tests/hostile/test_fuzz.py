@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import onnxpress as ox
-from onnxpress import runtime, samples, sandbox
+from onnxpress import feeds, runtime, samples, sandbox
 from onnxpress.errors import DataError, ModelError
 
 SOURCE = samples.DIGITS_MODEL.read_bytes()
@@ -110,7 +110,7 @@ def test_mutated_attributes_run_or_fail_cleanly(tmp_path, data):
     path.write_bytes(proto.SerializeToString())
     try:
         model = ox.load(path)
-        feeds = runtime.random_feeds(model, 2, seed=0)
+        feeds = feeds.random_feeds(model, 2, seed=0)
     except (ModelError, DataError) as err:
         assert "\n" not in str(err)
         return
