@@ -5,23 +5,59 @@ import onnxpress as ox
 model = ox.load("model.onnx")
 res = ox.Pipeline([ox.passes.Simplify()]).run(model)
 ox.save(res.model, "out.onnx")
+rep = ox.validate(res.model, reference=model, target="cpu")
 ```
+
+Names are imported when first used, so a process that needs one piece (the sandbox's worker,
+a golden-file check) does not load every other.
 """
 from __future__ import annotations
 
-from onnxpress import calibration
-from onnxpress.errors import (DataError, ExportError, ModelError, OnnxpressError, PassError,
-                              PipelineError, ProviderError, RecipeError)
-from onnxpress.export import export
-from onnxpress.io import load, save
-from onnxpress.pipeline import PassRecord, Pipeline, PipelineResult
-from onnxpress.summary import inspect
-from onnxpress import passes  # noqa: E402  (after the core: passes import it)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DataError", "ExportError", "ModelError", "OnnxpressError", "PassError", "PassRecord",
-    "Pipeline", "PipelineError", "PipelineResult", "ProviderError", "RecipeError", "calibration",
-    "export", "inspect", "load", "passes", "save",
-]
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "DataError": "onnxpress.errors", "ExportError": "onnxpress.errors", "ModelError": "onnxpress.errors",
+    "OnnxpressError": "onnxpress.errors", "PassError": "onnxpress.errors", "PipelineError": "onnxpress.errors",
+    "ProviderError": "onnxpress.errors", "RecipeError": "onnxpress.errors",
+    "Pass": "onnxpress.context", "PassContext": "onnxpress.context", "PassResult": "onnxpress.context",
+    "PassRecord": "onnxpress.pipeline", "Pipeline": "onnxpress.pipeline", "PipelineResult": "onnxpress.pipeline",
+    "Runner": "onnxpress.runtime", "ValidationReport": "onnxpress.report",
+    "export": "onnxpress.export", "inspect": "onnxpress.summary", "load": "onnxpress.io", "save": "onnxpress.io",
+    "validate": "onnxpress.validate",
+}
+_MODULES = ("calibration", "passes", "targets", "statistics", "runtime", "sandbox")
+
+__all__ = sorted([*_EXPORTS, *_MODULES])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"onnxpress.{name}")
+    else:
+        raise AttributeError(f"module 'onnxpress' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from onnxpress import calibration, passes, runtime, sandbox, statistics, targets
+    from onnxpress.context import Pass, PassContext, PassResult
+    from onnxpress.errors import (DataError, ExportError, ModelError, OnnxpressError, PassError,
+                                  PipelineError, ProviderError, RecipeError)
+    from onnxpress.export import export
+    from onnxpress.io import load, save
+    from onnxpress.pipeline import PassRecord, Pipeline, PipelineResult
+    from onnxpress.report import ValidationReport
+    from onnxpress.runtime import Runner
+    from onnxpress.summary import inspect
+    from onnxpress.validate import validate

@@ -50,27 +50,25 @@ def _operators(model: ir.Model) -> dict[str, list[str]]:
     return {key: sorted(ops) for key, ops in sorted(found.items())}
 
 
-def write_edge_bundle(model: ir.Model, folder: str | os.PathLike, *, optimization: str = "extended",
+def write_edge_bundle(model: ir.Model, folder: str | os.PathLike, *, runner: runtime.Runner | None = None,
+                      optimization: str | None = None,
                       feeds: Sequence[Mapping[str, np.ndarray]] = ()) -> EdgeBundle:
-    """Write ``model.ort``, ``required_operators.config`` and ``bundle.json`` into ``folder``."""
-    import onnxruntime as ort
+    """Write ``model.ort``, ``required_operators.config`` and ``bundle.json`` into ``folder``.
 
-    from onnxpress.io import load, save
+    ``runner`` (default: the ``edge`` target's) gives the optimisation level unless
+    ``optimization`` names one.
+    """
+    from onnxpress.io import load
 
+    runner = runner or runtime.Runner("edge")
+    optimization = optimization or runner.settings.optimization
     destination = Path(folder)
     destination.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=destination))
     try:
-        source = save(model, staging / "source.onnx")
-        level = getattr(ort.GraphOptimizationLevel, runtime._OPT_LEVELS[optimization])
         for target, fmt in ((staging / "model.ort", "ORT"), (staging / "optimized.onnx", "ONNX")):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = level
-            options.log_severity_level = 3
-            options.optimized_model_filepath = str(target)
-            options.add_session_config_entry("session.save_model_format", fmt)
             try:
-                ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+                runner.save_optimized(model, target, save_format=fmt, optimization=optimization)
             except runtime.ort_errors() as err:
                 raise OnnxpressError(f"edge bundle: ONNX Runtime cannot convert the model: "
                                      f"{str(err).strip().splitlines()[0]}") from err
@@ -81,10 +79,8 @@ def write_edge_bundle(model: ir.Model, folder: str | os.PathLike, *, optimizatio
         (staging / "required_operators.config").write_text("\n".join(lines) + "\n")
         min_cosine = None
         if feeds:
-            session = ort.InferenceSession(str(staging / "model.ort"), providers=["CPUExecutionProvider"])
-            names = [o.name for o in session.get_outputs()]
-            got = [dict(zip(names, session.run(None, dict(feed)))) for feed in feeds]
-            expected = runtime.run_model(model, feeds)
+            got = runner.run_file(staging / "model.ort", feeds)
+            expected = runner.outputs(model, feeds)
             min_cosine = min(s.cosine for s in compare(expected, got).values())
         bundle = EdgeBundle(destination.resolve(), (staging / "model.ort").stat().st_size, operators, min_cosine)
         (staging / "bundle.json").write_text(json.dumps(

@@ -159,6 +159,7 @@ def _generated(model):
 
 def _cmd_run(args) -> int:
     from onnxpress.io import load, save
+    from onnxpress.pipeline import Pipeline
     from onnxpress.recipe import load_recipe
 
     source, output = Path(args.model), Path(args.output)
@@ -166,26 +167,50 @@ def _cmd_run(args) -> int:
         raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
     recipe = load_recipe(args.recipe)
     model = load(str(source))
-    pipeline = recipe.pipeline()
+    pipeline = Pipeline.from_recipe(recipe)
     if args.no_check:
         pipeline.check = False
-    calibration = _data(args.calibration, model) if args.calibration else pipeline.calibration
+    calibration = _data(args.calibration, model) if args.calibration else pipeline.data(model, "calibration")
+    target = args.target or (recipe.target if args.validate else None)
+    verdict_data, judged_by = None, None
+    if target is not None:
+        verdict_data, calibration, judged_by = _verdict_data(args, pipeline, model, calibration)
     result = pipeline.run(model, calibration, progress=_progress)
     print(result.table())
     save(result.model, output, external_data=True if args.external_data else None)
     print(f"saved {output}")
-    target = args.target or (recipe.target if args.validate else None)
     if target is None:
         return 0
     from onnxpress.validate import validate
 
     bundle = args.bundle or output.with_name(output.stem + "_bundle")
-    report = validate(result.model, model, target=target, data=calibration, layerwise=args.layerwise,
-                      allow_missing_provider=args.allow_missing_provider, bundle=bundle)
+    report = validate(result.model, model, target=target, data=verdict_data, layerwise=args.layerwise,
+                      allow_missing_provider=args.allow_missing_provider, bundle=bundle, data_source=judged_by)
     report.pipeline = result.to_dict()
     _print_report(report, False)
     _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _verdict_data(args, pipeline, model, calibration):
+    """(verdict data, calibration left for the passes, what judged the verdict).
+
+    The verdict comes from data the passes never saw: ``--data``, the recipe's
+    ``[evaluation]``, or else the last fifth of the calibration source, which the passes
+    then do not receive.
+    """
+    from onnxpress.calibration import holdout
+
+    if args.data:
+        return _data(args.data, model), calibration, f"evaluation data {Path(args.data).name}"
+    evaluation = pipeline.data(model, "evaluation")
+    if evaluation is not None:
+        return evaluation, calibration, f"the recipe's evaluation data ({evaluation.name})"
+    if calibration is None:
+        return None, None, None
+    kept, held_out = holdout(calibration)
+    return (held_out, kept, f"held-out split of the calibration data: {len(held_out)} of {len(calibration)} "
+                            "samples the passes never received")
 
 
 def _cmd_demo(args) -> int:
@@ -218,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--calibration", help=".npz file or folder of them (overrides the recipe's)")
     run.add_argument("--target", help="validate the result on this target (cpu, cuda, edge or a .toml)")
     run.add_argument("--validate", action="store_true", help="validate on the recipe's target")
+    run.add_argument("--data", help=".npz file or folder of them to judge the verdict on (default: the recipe's "
+                     "[evaluation], else a held-out fifth of the calibration data the passes never see)")
     run.add_argument("--no-check", action="store_true", help="skip the checker/session check after each pass")
     run.add_argument("--external-data", action="store_true", help="save tensors to an external data file")
     run.add_argument("--allow-missing-provider", action="store_true",

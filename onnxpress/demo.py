@@ -8,9 +8,10 @@ from typing import Callable
 from onnxpress import samples
 from onnxpress.io import load, save
 from onnxpress.metrics import accuracy
-from onnxpress.pipeline import PipelineResult, Progress
+from onnxpress.pipeline import Pipeline, PipelineResult, Progress
 from onnxpress.recipe import load_recipe
-from onnxpress.validate import ValidationReport, validate
+from onnxpress.report import ValidationReport
+from onnxpress.validate import validate
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def run_demo(out: str | Path, *, progress: Progress | None = None,
     say(f"model:  {samples.DIGITS_MODEL.name} (a CNN trained on scikit-learn's digits)")
     say(f"recipe: {samples.RECIPE.name}: {recipe.description}")
     model = load(samples.DIGITS_MODEL)
-    result = recipe.pipeline().run(model, progress=progress)
+    result = Pipeline.from_recipe(recipe).run(model, progress=progress)
     output = save(result.model, folder / "digits_cnn.onnx")
     say(result.table())
     say(f"saved:  {output}")
@@ -32,6 +33,6 @@ def run_demo(out: str | Path, *, progress: Progress | None = None,
     say(f"validating on target '{recipe.target or 'cpu'}' with {len(labels)} held-out digits ...")
     report = validate(result.model, reference=model, target=recipe.target or "cpu", data=eval_data,
                       metric=lambda outputs: accuracy(outputs, labels), metric_name="accuracy",
-                      layerwise=True)
+                      layerwise=True, data_source=f"{len(labels)} held-out digits the passes never saw")
     report.pipeline = result.to_dict()
     return result, report

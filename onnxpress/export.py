@@ -89,10 +89,10 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
             checks.append((second, _as_list(module(*second))))
     worst = 0.0
     checked_batches = []
-    from onnxpress.runtime import Session, ort_errors
+    from onnxpress.runtime import Runner, ort_errors
 
     try:
-        session = Session(model)
+        session = Runner("cpu").session(model)
     except ort_errors() as err:
         raise ExportError(f"export ({used}): ONNX Runtime cannot load the exported model: {_first_line(err)}") from err
     with session:

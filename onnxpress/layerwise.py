@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -50,8 +50,7 @@ class LayerwiseResult:
 
 
 def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], *,
-                   cosine_tolerance: float = 0.99, max_samples: int = 4,
-                   providers: Sequence = ("CPUExecutionProvider",)) -> LayerwiseResult:
+                   cosine_tolerance: float = 0.99, max_samples: int = 4, runner: Any = None) -> LayerwiseResult:
     """Compare every intermediate tensor ``reference`` and ``candidate`` share by name."""
     ref_model, ref_order = modelinfo.expose_intermediates(reference)
     cand_model, cand_order = modelinfo.expose_intermediates(candidate)
@@ -64,8 +63,9 @@ def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Map
                                else "no samples", len(shared), len(ref_order) - len(shared))
     per_layer: dict[str, list] = {name: [] for name, _, _ in shared}
     # Basic optimisation only: fusions would swallow the tensors being compared.
-    with runtime.Session(ref_model, providers=providers, optimization="basic") as ref_session, \
-            runtime.Session(cand_model, providers=providers, optimization="basic") as cand_session:
+    runner = runner if runner is not None else runtime.Runner("cpu")
+    with runner.session(ref_model, optimization="basic") as ref_session, \
+            runner.session(cand_model, optimization="basic") as cand_session:
         for feed in samples:
             ref_out = ref_session.run(feed)
             cand_out = cand_session.run(feed)

@@ -1,16 +1,150 @@
-"""The HTML report: one self-contained page (inline CSS and SVG, no scripts, no downloads).
+"""The validation report and its renderers: text rows, Markdown, JSON and HTML.
 
-It shows the verdict and every failed criterion, the reference/candidate table, per-output
+``ValidationReport`` is what ``validate`` returns. The HTML page is self-contained (inline CSS
+and SVG, no scripts, no downloads); it shows the verdict and every failed criterion, the reference/candidate table, per-output
 errors, the pipeline's per-pass table, and plots of size, latency and accuracy per pass and of
 the per-layer error when a layer-wise comparison ran.
 """
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Sequence
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    from onnxpress.validate import ValidationReport
+from onnxpress.metrics import ErrorStats
+from onnxpress.runtime import Latency
+
+@dataclass
+class ValidationReport:
+    """What ``validate`` found; ``passed`` is the verdict, ``failures`` names every broken criterion."""
+
+    target: str
+    providers: list[str]
+    passed: bool
+    failures: list[str]
+    data_source: str
+    samples: int
+    metrics: dict[str, ErrorStats] = field(default_factory=dict)
+    top1_agreement: float | None = None
+    task_metric: dict[str, float] | None = None
+    latency: dict[str, Latency] = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)
+    peak_memory: dict[str, int] = field(default_factory=dict)
+    unplaced: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    pipeline: dict[str, Any] | None = None
+    layerwise: dict[str, Any] | None = None
+    hardware: dict[str, Any] | None = None
+    bundle: dict[str, Any] | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        if "reference" in self.latency and "candidate" in self.latency and self.latency["candidate"].median_ms > 0:
+            return self.latency["reference"].median_ms / self.latency["candidate"].median_ms
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target, "providers": self.providers, "passed": self.passed,
+            "failures": self.failures, "data_source": self.data_source, "samples": self.samples,
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "top1_agreement": self.top1_agreement, "task_metric": self.task_metric,
+            "latency": {k: v.to_dict() for k, v in self.latency.items()}, "speedup": self.speedup,
+            "size": self.size, "peak_memory": self.peak_memory, "unplaced": self.unplaced,
+            "notes": self.notes, "pipeline": self.pipeline, "layerwise": self.layerwise,
+            "hardware": self.hardware, "bundle": self.bundle,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=float)
+
+    def summary_rows(self) -> list[tuple[str, str, str]]:
+        """(quantity, reference, candidate) rows: size, latency, peak memory, task metric."""
+        rows = []
+        if self.size:
+            rows.append(("size", _mb(self.size.get("reference")), _mb(self.size.get("candidate"))))
+        if self.latency:
+            rows.append(("latency median", _ms(self.latency.get("reference")), _ms(self.latency.get("candidate"))))
+            rows.append(("latency p90", _ms(self.latency.get("reference"), "p90_ms"),
+                         _ms(self.latency.get("candidate"), "p90_ms")))
+        if self.peak_memory:
+            rows.append(("session peak memory", _mb(self.peak_memory.get("reference")),
+                         _mb(self.peak_memory.get("candidate"))))
+        if self.task_metric:
+            name = self.task_metric.get("name", "metric")
+            reference = self.task_metric["reference"]
+            rows.append((str(name), "-" if reference is None else f"{reference:.4f}",
+                         f"{self.task_metric['candidate']:.4f}"))
+        return rows
+
+    def to_markdown(self) -> str:
+        lines = [f"# Validation on `{self.target}`: {'PASSED' if self.passed else 'FAILED'}", ""]
+        if self.failures:
+            lines += ["Failed criteria:", ""] + [f"- {f}" for f in self.failures] + [""]
+        lines += [f"Data: {self.data_source} ({self.samples} feeds). Providers: {', '.join(self.providers)}.", ""]
+        rows = self.summary_rows()
+        if rows:
+            lines += ["| | reference | candidate |", "|---|---|---|"]
+            lines += [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
+        if self.metrics:
+            lines += ["| output | cosine | max-abs | mean-abs | p99-abs | NaN/Inf |", "|---|---|---|---|---|---|"]
+            for name, s in self.metrics.items():
+                lines.append(f"| {name} | {s.cosine:.6f} | {s.max_abs:.3g} | {s.mean_abs:.3g} | {s.p99_abs:.3g} | {s.nonfinite} |")
+            lines.append("")
+        if self.top1_agreement is not None:
+            lines += [f"Top-1 agreement: {self.top1_agreement:.4f}", ""]
+        if self.layerwise and self.layerwise.get("first_jump"):
+            jump = self.layerwise["first_jump"]
+            lines += [f"Layer-wise: the error jumps at `{jump['tensor']}` ({jump['op_type']} "
+                      f"`{jump['node']}`, cosine {jump['cosine']:.6f}): {self.layerwise['reason']}.", ""]
+        if self.pipeline:
+            lines += ["| pass | time | nodes | weights | max-abs | cosine |", "|---|---|---|---|---|---|"]
+            for r in self.pipeline["records"]:
+                worst = [v for v in (r["accuracy"] or {}).values()]
+                lines.append(f"| {r['name']} | {r['seconds']:.2f}s | {r['nodes_before']} -> {r['nodes_after']} | "
+                             f"{r['bytes_before']} -> {r['bytes_after']} | "
+                             + (f"{max(w['max_abs'] for w in worst):.3g} | {min(w['cosine'] for w in worst):.6f} |"
+                                if worst else "- | - |"))
+            lines.append("")
+        if self.bundle:
+            lines += [f"Edge bundle: `{self.bundle['folder']}` (model.ort {self.bundle['model_bytes']} bytes, "
+                      "required_operators.config).", ""]
+        if self.hardware:
+            q = self.hardware["quantization_defaults"]
+            lines += [f"Host CPU: {self.hardware['cpu']}; int8 defaults: activations {q['activation_type']}, "
+                      f"weights {q['weight_type']}, reduce_range {q['reduce_range']} ({q['reason']}).", ""]
+        lines += [f"- {n}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: verdict, tables and plots."""
+        return render_html(self)
+
+    def write(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """Write ``report.json``, ``report.md`` and ``report.html`` into ``folder``."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for suffix, text in (("json", self.to_json()), ("md", self.to_markdown()), ("html", self.to_html())):
+            path = out / f"report.{suffix}"
+            staged = out / f".report.{suffix}.tmp"
+            staged.write_text(text, encoding="utf-8")
+            os.replace(staged, path)
+            paths[suffix] = path
+        return paths
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.3f} MB"
+
+
+def _ms(latency: Latency | None, key: str = "median_ms") -> str:
+    return "-" if latency is None else f"{getattr(latency, key):.3f} ms"
+
+
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
@@ -128,7 +262,7 @@ def _pipeline_section(pipeline: dict) -> str:
     return f"<h2>Pipeline</h2>{table}{note}<div class=\"plots\">{''.join(plots)}</div>"
 
 
-def render_html(report: "ValidationReport") -> str:
+def render_html(report: ValidationReport) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     parts = [f"<h1>onnxpress validation on <code>{_e(report.target)}</code></h1>",
              f'<p><span id="verdict" class="verdict {verdict.lower()}">{verdict}</span> '

@@ -1,265 +1,47 @@
-"""ONNX Runtime sessions over in-memory models, and inputs generated from a model's signature.
+"""The runner: the one way to ONNX Runtime.
 
-A model is handed to ONNX Runtime as bytes, or, past the protobuf limit, saved with external
-data into a private temporary folder that lives as long as the session. ONNX Runtime never
-gets a user's path.
+:class:`Runner` is the only code that builds ``SessionOptions`` and ``InferenceSession``s. It
+runs a model on a target profile's providers and session options and offers its outputs over
+feeds, latency (the profile's warm-up and run counts; median and p90), peak memory, the node
+placement ONNX Runtime really chose in a built session, and the int8/float kernel census.
+
+A model is serialised once per content fingerprint, however often it is run, timed or probed:
+the serialised form (bytes, or past the protobuf limit a private folder with external data)
+is kept in a small cache shared by every runner. ONNX Runtime never gets a user's path.
+
+Under ``sandbox.limited`` (always in the CLI) sessions are built and run in the limited block's
+warm worker process, which keeps the models it was sent: a hostile graph that hangs or blows
+up becomes one clear error. Feeds that ran there once are safe to run in-process afterwards
+(``sandboxed=False``), which is what the passes' repeated measurements do.
 """
 from __future__ import annotations
 
-import contextlib
+import collections
 import json
 import logging
 import shutil
+import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
-from onnxpress import _proto
+from onnxpress import _proto, sandbox
 from onnxpress.errors import DataError, ProviderError
+
+if TYPE_CHECKING:
+    from onnxpress.targets import Target
 
 logger = logging.getLogger(__name__)
 
 Feed = Mapping[str, np.ndarray]
 
-# Value used for symbolic dimensions other than the leading (batch) one when inputs are made up.
-DEFAULT_SYMBOLIC_DIM = 8
-
 _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
                "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-
-
-class CheckFailed(Exception):
-    """The ONNX checker rejected a model; the message is the checker's first line."""
-
-
-def _checked(check, cleanup=None) -> None:
-    try:
-        check()
-    except (_proto.CheckerError, _proto.ShapeInferenceError) as err:
-        if cleanup:
-            cleanup()
-        raise CheckFailed(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
-
-
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-class Session:
-    """An ONNX Runtime session over an ``ir.Model``; use as a context manager or ``close()``.
-
-    Args:
-        model: the model.
-        providers: execution providers in order; each a name or ``(name, options)``.
-        threads: intra-op threads (0: ONNX Runtime's default).
-        optimization: graph optimisation level: ``disable``, ``basic``, ``extended`` or ``all``.
-        disable_fallback: forbid ONNX Runtime's silent fallback to the CPU provider.
-        check: run the ONNX checker (full, with shape inference) on the very serialisation
-            handed to ONNX Runtime; raises ``CheckFailed``.
-    """
-
-    def __init__(self, model: ir.Model, *, providers: Sequence[str | tuple[str, dict]] = ("CPUExecutionProvider",),
-                 threads: int = 0, inter_threads: int = 0, optimization: str = "all",
-                 disable_fallback: bool = False, profile: bool = False, check: bool = False) -> None:
-        import onnxruntime as ort
-
-        if optimization not in _OPT_LEVELS:
-            raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, got {optimization!r}")
-        names = [p if isinstance(p, str) else p[0] for p in providers]
-        missing = [name for name in names if name not in ort.get_available_providers()]
-        if missing:
-            raise ProviderError(f"execution provider(s) {missing} not available in this onnxruntime "
-                                f"build (available: {ort.get_available_providers()})")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = inter_threads
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
-        if profile:
-            options.enable_profiling = True
-        self._folder: Path | None = None
-        provider_list = [p if isinstance(p, str) else p[0] for p in providers]
-        provider_options = [{} if isinstance(p, str) else dict(p[1]) for p in providers]
-        if _proto.fits_in_protobuf(model):
-            proto = _proto.to_proto(model)
-            if check:
-                _checked(lambda: _proto.check_proto(proto))
-            source: Any = proto.SerializeToString()
-            del proto
-        else:
-            from onnxpress.io import save
-
-            self._folder = Path(tempfile.mkdtemp(prefix="onnxpress-session-"))
-            source = str(save(model, self._folder / "model.onnx", external_data=True))
-            if check:
-                _checked(lambda: _proto.check_path(source), cleanup=self.close)
-        if profile:
-            options.profile_file_prefix = str(self._scratch() / "profile")
-        try:
-            self.session = ort.InferenceSession(source, sess_options=options, providers=provider_list,
-                                                provider_options=provider_options)
-        except BaseException:
-            self.close()
-            raise
-        if disable_fallback:
-            self.session.disable_fallback()
-        # ONNX Runtime drops a provider it cannot start (CUDA libraries missing, a CUDA context
-        # refused) with only a log line, and runs everything on the CPU: never take that.
-        self.providers: list[str] = list(self.session.get_providers())
-        if provider_list and self.providers[:1] != provider_list[:1]:
-            self.close()
-            raise ProviderError(f"ONNX Runtime did not enable {provider_list[0]} (session providers: "
-                                f"{', '.join(self.providers)}); the model would run elsewhere")
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def _scratch(self) -> Path:
-        if self._folder is None:
-            self._folder = Path(tempfile.mkdtemp(prefix="onnxpress-session-"))
-        return self._folder
-
-    def run(self, feed: Feed) -> dict[str, np.ndarray]:
-        """Run once; returns outputs by name."""
-        outputs = self.session.run(None, {name: feed[name] for name in self.input_names})
-        return dict(zip(self.output_names, outputs))
-
-    def run_all(self, feeds: Iterable[Feed]) -> list[dict[str, np.ndarray]]:
-        return [self.run(feed) for feed in feeds]
-
-    def close(self) -> None:
-        if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
-            self._folder = None
-
-    def __enter__(self) -> "Session":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-@dataclass(frozen=True)
-class Placed:
-    """One node of ONNX Runtime's optimised graph and the provider that ran it."""
-
-    node: str
-    op_type: str
-    provider: str
-    output_types: tuple[str, ...]
-
-
-def placement(model: ir.Model, feed: Feed, **session_options: Any) -> list[Placed]:
-    """Where ONNX Runtime really ran each node: read from the profile of one run of ``feed``."""
-    with Session(model, profile=True, **session_options) as session:
-        session.run(feed)
-        events = json.loads(Path(session.session.end_profiling()).read_text(encoding="utf-8"))
-    placed = []
-    for event in events:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            args = event.get("args", {})
-            types = tuple(next(iter(t)) for t in args.get("output_type_shape", []) if t)
-            placed.append(Placed(event["name"][:-len("_kernel_time")], args.get("op_name", "?"),
-                                 args.get("provider", "?"), types))
-    return placed
-
-
-def run_model(model: ir.Model, feeds: Iterable[Feed], **session_options: Any) -> list[dict[str, np.ndarray]]:
-    """Build a session, run every feed, close the session (limited under ``sandbox.limited``)."""
-    return run_limited(model, list(feeds), what="ONNX Runtime session", **session_options)[0]
-
-
-class RunFailed(RuntimeError):
-    """ONNX Runtime could not build a session or run a feed in the limited child process."""
-
-
-def run_limited(model: ir.Model, feeds: Sequence[Feed], *, what: str, keep: int | None = None,
-                latency_runs: int = 0, **session_options: Any) -> tuple[list[dict[str, np.ndarray]], float | None]:
-    """Build a session (``Session`` options), run every feed, optionally time the first one.
-
-    Returns the outputs of the first ``keep`` feeds (all by default) and the median latency in
-    ms of ``latency_runs`` runs of the first feed (None when not timed). Under
-    ``sandbox.limited`` (the CLI) all of it, the checker's shape inference included, happens in
-    a limited child process: a graph that hangs or exhausts memory becomes a
-    ``ResourceLimitError`` naming ``what``; checker and ONNX Runtime failures come back as
-    ``CheckFailed`` and ``RunFailed``. Feeds run there once are then safe to run in-process.
-    """
-    from onnxpress import sandbox
-
-    limits = sandbox.current()
-    if limits is None:
-        return _run_and_time(model, feeds, keep, latency_runs, session_options)
-    weights = _proto.weight_bytes(model)
-    if limits.memory_bytes is not None and weights > limits.memory_bytes:
-        raise sandbox.ResourceLimitError(
-            f"{what}: the model's tensors hold {weights / 2**30:.2f} GiB, more than the memory limit of "
-            f"{limits.memory_bytes / 2**30:.2f} GiB (raise it with --memory-limit-gb)")
-    with contextlib.ExitStack() as stack:
-        if _proto.fits_in_protobuf(model):
-            source: Any = _proto.to_bytes(model)
-        else:  # our own private copy: the child never sees a user's path
-            from onnxpress.io import save
-
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxpress-limited-"))
-            source = str(save(model, Path(folder) / "model.onnx", external_data=True))
-        try:
-            providers = session_options.get("providers", ("CPUExecutionProvider",))
-            cpu_only = all((p if isinstance(p, str) else p[0]) == "CPUExecutionProvider" for p in providers)
-            return sandbox.call("onnxpress.runtime:_run_serialised", source, list(feeds), keep, latency_runs,
-                                session_options, what=what, address_space=cpu_only)
-        except sandbox.SandboxedError as err:
-            if err.kind == "CheckFailed":
-                raise CheckFailed(err.message) from None
-            if err.kind in ("ProviderError", "DataError"):
-                raise (ProviderError if err.kind == "ProviderError" else DataError)(err.message) from None
-            raise RunFailed(err.message) from None
-
-
-def _run_serialised(source: bytes | str, feeds: list, keep: int | None, latency_runs: int,
-                    session_options: dict) -> tuple[list[dict[str, np.ndarray]], float | None]:
-    """``run_limited``'s work in the child: the model comes as bytes or our private copy's path."""
-    from onnxpress.io import load
-
-    return _run_and_time(load(source), feeds, keep, latency_runs, session_options)
-
-
-def _run_and_time(model: ir.Model, feeds: Sequence[Feed], keep: int | None, latency_runs: int,
-                  session_options: dict) -> tuple[list[dict[str, np.ndarray]], float | None]:
-    outputs = []
-    with Session(model, **session_options) as session:
-        for index, feed in enumerate(feeds):
-            result = session.run(feed)
-            if keep is None or index < keep:
-                outputs.append(result)
-        latency = None
-        if feeds and latency_runs:
-            times = []
-            for _ in range(latency_runs):
-                tick = time.perf_counter()
-                session.run(feeds[0])
-                times.append((time.perf_counter() - tick) * 1e3)
-            latency = float(np.median(times))
-    return outputs, latency
-
-
-def ort_errors() -> tuple[type[BaseException], ...]:
-    """The exception types ONNX Runtime raises when it cannot load or run a model."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    names = ("Fail", "InvalidGraph", "InvalidArgument", "NoSuchFile", "RuntimeException",
-             "NotImplemented", "EPFail", "InvalidProtobuf", "EngineError")
-    return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError,)
-
 
 INT8_KERNELS = frozenset({
     "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
@@ -275,28 +57,268 @@ FLOAT_COMPUTE_KERNELS = frozenset({
 QUANTIZATION_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}) | INT8_KERNELS
 
 
-def kernel_census(model: ir.Model, optimization: str = "all") -> dict[str, Any]:
-    """What ONNX Runtime's CPU provider really runs: op counts of its optimised graph.
+class CheckFailed(Exception):
+    """The ONNX checker rejected a model; the message is the checker's first line."""
 
-    ``int8`` counts integer compute kernels (QLinearConv, MatMulInteger, ...), ``float`` float
-    compute kernels (Conv, MatMul, FusedConv, ...), ``qdq`` the quantize/dequantize nodes left
-    after fusion: a quantized model whose compute stayed float shows it here.
-    """
+
+class RunFailed(RuntimeError):
+    """ONNX Runtime could not build a session or run a feed in the limited worker."""
+
+
+class _NotCached(LookupError):
+    """The worker does not hold the model it was asked to run (it was restarted): send it."""
+
+
+def available_providers() -> list[str]:
     import onnxruntime as ort
 
-    from onnxpress.io import load, save
+    return list(ort.get_available_providers())
 
-    with tempfile.TemporaryDirectory(prefix="onnxpress-census-") as folder:
-        source = save(model, Path(folder) / "model.onnx")
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types ONNX Runtime raises when it cannot load or run a model."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidGraph", "InvalidArgument", "NoSuchFile", "RuntimeException",
+             "NotImplemented", "EPFail", "InvalidProtobuf", "EngineError")
+    return tuple(getattr(state, n) for n in names if hasattr(state, n)) + (RuntimeError,)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# ----------------------------------------------------------------------------- settings and results
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Session settings: providers in order with their options, threads, optimisation level."""
+
+    providers: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (("CPUExecutionProvider", ()),)
+    threads: int = 0
+    inter_threads: int = 0
+    optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.optimization not in _OPT_LEVELS:
+            raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}, got {self.optimization!r}")
+
+    @classmethod
+    def of(cls, target: Target) -> Settings:
+        return cls(tuple((name, tuple(sorted(options.items()))) for name, options in target.provider_list()),
+                   target.intra_op_threads, target.inter_op_threads, target.optimization)
+
+    @property
+    def primary(self) -> str:
+        return self.providers[0][0]
+
+    @property
+    def cpu_only(self) -> bool:
+        return all(name == "CPUExecutionProvider" for name, _ in self.providers)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How latency is measured: warm-up runs, then runs until both ``min_runs`` and ``min_seconds``."""
+
+    warmup: int = 5
+    min_runs: int = 20
+    max_runs: int = 1000
+    min_seconds: float = 0.5
+
+    @classmethod
+    def of(cls, target: Target) -> Timing:
+        return cls(target.warmup, target.min_runs, target.max_runs, target.min_seconds)
+
+
+@dataclass
+class Latency:
+    """Latency of one model on one feed, in milliseconds, after warm-up."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One node of ONNX Runtime's optimised graph and the provider that ran it."""
+
+    node: str
+    op_type: str
+    provider: str
+    output_types: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a session is built for: sent to the worker as is (it pickles)."""
+
+    settings: Settings
+    feeds: tuple = ()
+    keep: int | None = None
+    check: bool = False
+    quick_runs: int = 0
+    timing: Timing | None = None
+    census: bool = False
+    placement: bool = False
+
+
+@dataclass
+class RunResult:
+    """Outputs of the kept feeds, and what else was asked for."""
+
+    outputs: list[dict[str, np.ndarray]] = field(default_factory=list)
+    quick_latency_ms: float | None = None
+    latency: Latency | None = None
+    census: dict[str, Any] | None = None
+    placement: list[Placed] | None = None
+
+
+# ----------------------------------------------------------------------------- sessions
+
+
+class Session:
+    """An ONNX Runtime session over a serialised model (bytes, or a path in our own folder).
+
+    Built by :class:`Runner` (``Runner.session``); use as a context manager or ``close()``.
+    """
+
+    def __init__(self, source: bytes | str, settings: Settings, *, profile_dir: str | None = None,
+                 optimized_path: str | None = None, save_format: str | None = None) -> None:
+        import onnxruntime as ort
+
+        names = [name for name, _ in settings.providers]
+        missing = [name for name in names if name not in ort.get_available_providers()]
+        if missing:
+            raise ProviderError(f"execution provider(s) {missing} not available in this onnxruntime "
+                                f"build (available: {ort.get_available_providers()})")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[optimization])
-        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-        optimized = load(Path(folder) / "optimized.onnx")
-        ops: dict[str, int] = {}
-        for node in optimized.graph.all_nodes():
-            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+        options.intra_op_num_threads = settings.threads
+        options.inter_op_num_threads = settings.inter_threads
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[settings.optimization])
+        if profile_dir is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(profile_dir) / "profile")
+        if optimized_path is not None:
+            options.optimized_model_filepath = optimized_path
+            if save_format is not None:
+                options.add_session_config_entry("session.save_model_format", save_format)
+        self.session = ort.InferenceSession(source, sess_options=options, providers=names,
+                                            provider_options=[dict(opts) for _, opts in settings.providers])
+        # ONNX Runtime drops a provider it cannot start (CUDA libraries missing, a CUDA context
+        # refused) with only a log line, and runs everything on the CPU: never take that.
+        self.providers: list[str] = list(self.session.get_providers())
+        if self.providers[:1] != names[:1]:
+            raise ProviderError(f"ONNX Runtime did not enable {names[0]} (session providers: "
+                                f"{', '.join(self.providers)}); the model would run elsewhere")
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: Feed, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run once (only the model's inputs are taken from ``feed``); returns outputs by name."""
+        names = list(outputs) if outputs is not None else self.output_names
+        values = self.session.run(names, {name: feed[name] for name in self.input_names})
+        return dict(zip(names, values))
+
+    def run_all(self, feeds: Iterable[Feed]) -> list[dict[str, np.ndarray]]:
+        return [self.run(feed) for feed in feeds]
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check(source: bytes | str) -> None:
+    """The full ONNX checker (with shape inference) on the very serialisation ONNX Runtime gets."""
+    try:
+        if isinstance(source, bytes):
+            _proto.check_proto(_proto.parse(source))
+        else:
+            _proto.check_path(source)
+    except (_proto.CheckerError, _proto.ShapeInferenceError) as err:
+        raise CheckFailed(_first_line(err)) from err
+
+
+def _perform(source: bytes | str, request: _Request) -> RunResult:
+    """Build one session for ``request`` and do what it asks (in the worker or in-process)."""
+    if request.check:
+        _check(source)
+    result = RunResult()
+    with tempfile.TemporaryDirectory(prefix="onnxpress-session-") as folder:
+        optimized = str(Path(folder) / "optimized.onnx") if request.census else None
+        session = Session(source, request.settings, profile_dir=folder if request.placement else None,
+                          optimized_path=optimized)
+        for index, feed in enumerate(request.feeds):
+            outputs = session.run(feed)
+            if request.keep is None or index < request.keep:
+                result.outputs.append(outputs)
+        if request.placement:
+            result.placement = _placement(session.session.end_profiling())
+        if request.feeds and request.quick_runs:
+            result.quick_latency_ms = float(np.median(_times(session, request.feeds[0], request.quick_runs)))
+        if request.feeds and request.timing is not None:
+            result.latency = _measure(session, request.feeds[0], request.timing)
+        if optimized is not None:
+            result.census = _census(optimized)
+    return result
+
+
+def _times(session: Session, feed: Feed, runs: int) -> list[float]:
+    times = []
+    for _ in range(runs):
+        tick = time.perf_counter()
+        session.run(feed)
+        times.append((time.perf_counter() - tick) * 1e3)
+    return times
+
+
+def _measure(session: Session, feed: Feed, timing: Timing) -> Latency:
+    for _ in range(timing.warmup):
+        session.run(feed)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < timing.max_runs and (len(times) < timing.min_runs
+                                            or time.perf_counter() - started < timing.min_seconds):
+        times.extend(_times(session, feed, 1))
+    ordered = sorted(times)
+    return Latency(median_ms=statistics.median(ordered), p90_ms=float(np.quantile(ordered, 0.9)),
+                   mean_ms=statistics.fmean(ordered), runs=len(ordered))
+
+
+def _placement(profile_path: str) -> list[Placed]:
+    """Where ONNX Runtime really ran each node, read from the profile of a session's runs."""
+    events = json.loads(Path(profile_path).read_text(encoding="utf-8"))
+    placed, seen = [], set()
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time") and name not in seen:
+            seen.add(name)
+            args = event.get("args", {})
+            types = tuple(next(iter(t)) for t in args.get("output_type_shape", []) if t)
+            placed.append(Placed(name[:-len("_kernel_time")], args.get("op_name", "?"),
+                                 args.get("provider", "?"), types))
+    return placed
+
+
+def _census(optimized_path: str) -> dict[str, Any]:
+    """Op counts of the graph ONNX Runtime optimised (our own file: parsed, not admitted)."""
+    proto = _proto.load_proto(optimized_path, load_external_data=False)
+    ops: dict[str, int] = {}
+    for node in _proto.all_nodes(proto):
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return {
         "int8": sum(c for op, c in ops.items() if op in INT8_KERNELS),
         "float": sum(c for op, c in ops.items() if op in FLOAT_COMPUTE_KERNELS),
@@ -304,3 +326,227 @@ def kernel_census(model: ir.Model, optimization: str = "all") -> dict[str, Any]:
         "ops": dict(sorted(ops.items(), key=lambda item: -item[1])),
     }
 
+
+# Models the worker holds, by content fingerprint (most recent last).
+_HELD: collections.OrderedDict[str, bytes | str] = collections.OrderedDict()
+_HELD_COUNT = 4
+
+
+def _serve(key: str, source: bytes | str | None, request: _Request) -> RunResult:
+    """The worker's side of :meth:`Runner.run`: the model comes once, then by its key."""
+    if source is None:
+        if key not in _HELD:
+            raise _NotCached(key)
+        source = _HELD[key]
+    _HELD[key] = source
+    _HELD.move_to_end(key)
+    while len(_HELD) > _HELD_COUNT:
+        _HELD.popitem(last=False)
+    return _perform(source, request)
+
+
+def _peak_memory(source: bytes | str, feed: dict, settings: Settings) -> int:
+    """Peak resident memory a session adds, built and run once (in a fresh process)."""
+    def status(key: str) -> int:
+        # VmHWM (peak resident) belongs to this process image; ru_maxrss would carry the
+        # parent's peak over fork and exec.
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    import onnxruntime  # noqa: F401  (its import is not the session's memory)
+
+    before = status("VmRSS")
+    session = Session(source, settings)
+    session.run(feed)
+    return max(0, status("VmHWM") - before)
+
+
+# ----------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class _Artefact:
+    """A model's serialised form: bytes, or the path of a copy with external data in our folder."""
+
+    source: bytes | str
+    folder: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.source) if isinstance(self.source, bytes) else 0
+
+
+# Serialised models by content fingerprint, shared by every runner (most recent last).
+_ARTEFACTS: collections.OrderedDict[str, _Artefact] = collections.OrderedDict()
+_ARTEFACT_COUNT = 6
+_ARTEFACT_BYTES = 1 << 30
+
+
+class Runner:
+    """Runs models on a target profile's providers and session options.
+
+    Args:
+        target: a built-in profile name, a profile file, or a loaded ``Target``.
+
+    Every method that runs a model takes ``sandboxed``: None (the default) runs in the
+    limited worker when ``sandbox.limited`` is in force, else in-process; False always runs
+    in-process (for feeds already proven in the worker).
+    """
+
+    def __init__(self, target: str | Target | Any = "cpu") -> None:
+        from onnxpress import targets
+
+        self.target = targets.load(target)
+        self.settings = Settings.of(self.target)
+
+    # -- serialisation
+
+    def _artefact(self, model: ir.Model) -> tuple[str, _Artefact]:
+        from onnxpress.modelinfo import fingerprint
+
+        key = fingerprint(model, content=True)
+        artefact = _ARTEFACTS.get(key)
+        if artefact is None:
+            if _proto.fits_in_protobuf(model):
+                artefact = _Artefact(_proto.to_bytes(model))
+            else:  # our own private copy with external data: ONNX Runtime never sees a user's path
+                from onnxpress.io import save
+
+                folder = tempfile.TemporaryDirectory(prefix="onnxpress-model-")
+                artefact = _Artefact(str(save(model, Path(folder.name) / "model.onnx", external_data=True)),
+                                     folder)
+            _ARTEFACTS[key] = artefact
+            while len(_ARTEFACTS) > _ARTEFACT_COUNT or (
+                    len(_ARTEFACTS) > 1 and sum(a.nbytes for a in _ARTEFACTS.values()) > _ARTEFACT_BYTES):
+                _, dropped = _ARTEFACTS.popitem(last=False)
+                if dropped.folder is not None:
+                    dropped.folder.cleanup()
+        _ARTEFACTS.move_to_end(key)
+        return key, artefact
+
+    # -- in-process sessions
+
+    def session(self, model: ir.Model, *, optimization: str | None = None) -> Session:
+        """An in-process session (for streaming work: statistics, layer-wise comparisons).
+
+        ``optimization`` overrides the target's level (``basic`` keeps intermediate tensors
+        that fusions would swallow).
+        """
+        settings = self.settings if optimization is None else Settings(
+            self.settings.providers, self.settings.threads, self.settings.inter_threads, optimization)
+        return Session(self._artefact(model)[1].source, settings)
+
+    # -- runs
+
+    def run(self, model: ir.Model, feeds: Sequence[Feed], *, keep: int | None = None, check: bool = False,
+            quick_runs: int = 0, timing: bool = False, census: bool = False, placement: bool = False,
+            what: str = "ONNX Runtime session", sandboxed: bool | None = None) -> RunResult:
+        """Build one session for ``model`` and run every feed in it.
+
+        Args:
+            keep: outputs of the first ``keep`` feeds are returned (all by default).
+            check: first run the full ONNX checker on the serialisation; raises ``CheckFailed``.
+            quick_runs: also time that many runs of the first feed (median in ``quick_latency_ms``).
+            timing: also measure latency on the first feed as the target profile says.
+            census: also count the kernels in ONNX Runtime's optimised graph.
+            placement: also read from a profile which provider ran each node.
+            what: names the step in limit errors.
+
+        Under limits, checker and ONNX Runtime failures in the worker come back as
+        ``CheckFailed`` and ``RunFailed``; limits as ``sandbox.ResourceLimitError``.
+        """
+        request = _Request(self.settings, tuple(feeds), keep, check, quick_runs,
+                           Timing.of(self.target) if timing else None, census, placement)
+        limits = sandbox.current()
+        if sandboxed is False or (sandboxed is None and limits is None):
+            return _perform(self._artefact(model)[1].source, request)
+        weights = _proto.weight_bytes(model)
+        if limits is not None and limits.memory_bytes is not None and weights > limits.memory_bytes:
+            raise sandbox.ResourceLimitError(
+                f"{what}: the model's tensors hold {weights / 2**30:.2f} GiB, more than the memory limit of "
+                f"{limits.memory_bytes / 2**30:.2f} GiB (raise it with --memory-limit-gb)")
+        key, artefact = self._artefact(model)
+        try:
+            try:
+                return sandbox.call("onnxpress.runtime:_serve", key, None, request, what=what,
+                                    address_space=self.settings.cpu_only)
+            except sandbox.SandboxedError as err:
+                if err.kind != _NotCached.__name__:
+                    raise
+            return sandbox.call("onnxpress.runtime:_serve", key, artefact.source, request, what=what,
+                                address_space=self.settings.cpu_only)
+        except sandbox.SandboxedError as err:
+            if err.kind == "CheckFailed":
+                raise CheckFailed(err.message) from None
+            if err.kind in ("ProviderError", "DataError"):
+                raise (ProviderError if err.kind == "ProviderError" else DataError)(err.message) from None
+            raise RunFailed(err.message) from None
+
+    def outputs(self, model: ir.Model, feeds: Iterable[Feed], **options: Any) -> list[dict[str, np.ndarray]]:
+        """The model's outputs on every feed (``run``'s options apply)."""
+        return self.run(model, list(feeds), **options).outputs
+
+    def latency(self, model: ir.Model, feed: Feed, *, sandboxed: bool | None = None) -> Latency:
+        """Median and p90 latency of ``feed`` with the profile's warm-up and run counts."""
+        result = self.run(model, [feed], keep=0, timing=True, what="latency measurement", sandboxed=sandboxed)
+        assert result.latency is not None
+        return result.latency
+
+    def kernel_census(self, model: ir.Model, *, sandboxed: bool | None = None) -> dict[str, Any]:
+        """What ONNX Runtime really runs: op counts of its optimised graph.
+
+        ``int8`` counts integer compute kernels (QLinearConv, MatMulInteger, ...), ``float``
+        float compute kernels (Conv, MatMul, FusedConv, ...), ``qdq`` the quantize/dequantize
+        nodes left after fusion: a quantized model whose compute stayed float shows it here.
+        """
+        census = self.run(model, [], census=True, what="kernel census", sandboxed=sandboxed).census
+        assert census is not None
+        return census
+
+    def placement(self, model: ir.Model, feed: Feed, *, sandboxed: bool | None = None) -> list[Placed]:
+        """Which provider ONNX Runtime assigned each node of its optimised graph, from a profiled run."""
+        placed = self.run(model, [feed], keep=0, placement=True, what="placement", sandboxed=sandboxed).placement
+        assert placed is not None
+        return placed
+
+    def peak_memory(self, model: ir.Model, feed: Feed) -> int:
+        """Peak resident host memory (bytes) a session adds, built and run once in a fresh process.
+
+        On a GPU provider this is host memory (the CUDA context and libraries are most of it),
+        not device memory. 0 when it cannot be measured (the reason is logged).
+        """
+        try:
+            return int(sandbox.call_fresh("onnxpress.runtime:_peak_memory", self._artefact(model)[1].source,
+                                          {k: np.asarray(v) for k, v in feed.items()}, self.settings,
+                                          what="peak memory probe"))
+        except (sandbox.SandboxedError, sandbox.ResourceLimitError) as err:
+            logger.warning("peak memory not measured: %s", err)
+            return 0
+
+    def save_optimized(self, model: ir.Model, path: str | Path, *, save_format: str = "ONNX",
+                       optimization: str | None = None) -> Path:
+        """Write ONNX Runtime's optimised form of ``model`` (``ORT`` format for mobile builds) to ``path``."""
+        settings = Settings((("CPUExecutionProvider", ()),), 1, 1, optimization or self.settings.optimization)
+        Session(self._artefact(model)[1].source, settings, optimized_path=str(path), save_format=save_format)
+        return Path(path)
+
+    def run_file(self, path: str | Path, feeds: Iterable[Feed]) -> list[dict[str, np.ndarray]]:
+        """Outputs of a model file onnxpress itself wrote (an ORT-format bundle), on the CPU."""
+        with Session(str(path), Settings()) as session:
+            return session.run_all(feeds)
+
+
+def run_model(model: ir.Model, feeds: Iterable[Feed], target: str | Target | Any = "cpu") -> list[dict[str, np.ndarray]]:
+    """Outputs of ``model`` on ``feeds`` on ``target`` (a shorthand for ``Runner(target).outputs``)."""
+    return Runner(target).outputs(model, feeds)
+
+
+def clear_cache() -> None:
+    """Forget every serialised model (their private folders are removed)."""
+    while _ARTEFACTS:
+        _, artefact = _ARTEFACTS.popitem()
+        if artefact.folder is not None:
+            shutil.rmtree(artefact.folder.name, ignore_errors=True)

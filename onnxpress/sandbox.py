@@ -16,7 +16,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from onnxpress.errors import OnnxpressError
@@ -40,22 +40,52 @@ class Limits:
             raise ValueError(f"sandbox: memory_bytes must be at least 64 MiB, got {self.memory_bytes}")
 
 
-_current: contextvars.ContextVar[Limits | None] = contextvars.ContextVar("onnxpress_limits", default=None)
+# Child processes this process started (``benchmarks/overhead.py`` reports it).
+STARTED = 0
+
+
+@dataclass
+class _Scope:
+    """The limits in force and the warm workers that serve them (one per address-space mode)."""
+
+    limits: Limits
+    workers: dict[bool, "_Worker"] = field(default_factory=dict)
+
+    def worker(self, address_space: bool) -> "_Worker":
+        worker = self.workers.get(address_space)
+        if worker is None or not worker.alive():
+            worker = self.workers[address_space] = _Worker(self.limits, address_space)
+        return worker
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        self.workers.clear()
+
+
+_current: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar("onnxpress_limits", default=None)
 
 
 @contextlib.contextmanager
 def limited(limits: Limits | None = None) -> Iterator[Limits]:
-    """Within this block, sandboxable steps run in a limited child process."""
-    chosen = limits or Limits()
-    token = _current.set(chosen)
+    """Within this block, sandboxable steps run in a limited child process.
+
+    The block keeps one warm worker process that serves its steps one after the other (a
+    fresh interpreter per step would re-import the world each time); a worker that overran a
+    limit or died is replaced by a new one for the next step. It ends with the block.
+    """
+    scope = _Scope(limits or Limits())
+    token = _current.set(scope)
     try:
-        yield chosen
+        yield scope.limits
     finally:
         _current.reset(token)
+        scope.close()
 
 
 def current() -> Limits | None:
-    return _current.get()
+    scope = _current.get()
+    return None if scope is None else scope.limits
 
 
 def default_memory_bytes() -> int | None:
@@ -66,8 +96,8 @@ def default_memory_bytes() -> int | None:
         return None
 
 
-def _child(connection, target: str, args: tuple, memory_bytes: int | None) -> None:
-    """Runs in the fresh process: limits, a scratch working folder, the call, the answer."""
+def _serve(connection, memory_bytes: int | None) -> None:
+    """The worker's loop: limits once, then each request in a scratch working folder."""
     import resource
     import sys
 
@@ -78,67 +108,120 @@ def _child(connection, target: str, args: tuple, memory_bytes: int | None) -> No
     sys.stdout = sys.stderr
     if memory_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    with tempfile.TemporaryDirectory(prefix="onnxpress-sandbox-") as folder:
-        os.chdir(folder)
-        module_name, _, name = target.partition(":")
+    while True:
         try:
-            result = getattr(importlib.import_module(module_name), name)(*args)
-            connection.send(("ok", result))
-        except MemoryError:
-            connection.send(("memory", "ran out of memory"))
-        except Exception as err:  # reported to the parent, which raises it as a clear error
-            text = str(err).strip()
-            connection.send(("error", (type(err).__name__, text.splitlines()[0] if text else "")))
+            target, args = connection.recv()
+        except (EOFError, OSError):
+            break
+        with tempfile.TemporaryDirectory(prefix="onnxpress-sandbox-") as folder:
+            os.chdir(folder)
+            connection.send(_answer(target, args))
+            os.chdir("/")
     connection.close()
+
+
+def _answer(target: str, args: tuple) -> tuple[str, Any]:
+    module_name, _, name = target.partition(":")
+    try:
+        return "ok", getattr(importlib.import_module(module_name), name)(*args)
+    except MemoryError:
+        return "memory", "ran out of memory"
+    except Exception as err:  # reported to the parent, which raises it as a clear error
+        text = str(err).strip()
+        return "error", (type(err).__name__, text.splitlines()[0] if text else "")
+
+
+class _Worker:
+    """A child process that runs steps under the limits, one at a time."""
+
+    def __init__(self, limits: Limits, address_space: bool) -> None:
+        global STARTED
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads
+        self.limits = limits
+        self.connection, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_serve, daemon=True,
+                                       args=(child, limits.memory_bytes if address_space else None))
+        self.process.start()
+        child.close()
+        STARTED += 1
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def call(self, target: str, args: tuple, what: str) -> Any:
+        limits = self.limits
+        try:
+            self.connection.send((target, args))
+            deadline = time.monotonic() + limits.seconds
+            while not self.connection.poll(_WATCH_SECONDS):
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise ResourceLimitError(f"{what} did not finish within {limits.seconds:g} s (stopped)")
+                if limits.memory_bytes is not None and _resident_bytes(self.process.pid) > limits.memory_bytes:
+                    self.close()
+                    raise ResourceLimitError(f"{what} used more than the memory limit of "
+                                             f"{limits.memory_bytes / 2**30:.1f} GiB (stopped)")
+            status, payload = self.connection.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            # A worker that died without answering closes the pipe.
+            self.process.join(5)
+            code = self.process.exitcode
+            self.close()
+            limit = f" (memory limit {limits.memory_bytes / 2**30:.1f} GiB)" if limits.memory_bytes else ""
+            raise ResourceLimitError(f"{what} crashed with exit code {code}{limit}") from None
+        if status == "memory":
+            self.close()  # its heap may be in any state: the next step gets a fresh worker
+        return status, payload
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.connection.close()
 
 
 def call(target: str, *args: Any, what: str, address_space: bool = True) -> Any:
     """Run ``module:function(*args)`` under the current limits (in-process when there are none).
 
-    ``args`` and the result must pickle (pass model bytes, not objects). Raises
-    ``ResourceLimitError`` naming ``what`` on a timeout, exhausted memory or a crash, and
-    ``SandboxedError`` carrying the message when the function raised.
+    ``args`` and the result must pickle (pass model bytes, not objects). Steps run in the
+    block's warm worker. Raises ``ResourceLimitError`` naming ``what`` on a timeout, exhausted
+    memory or a crash, and ``SandboxedError`` carrying the message when the function raised.
 
-    The memory limit is enforced twice: as the child's address-space limit (an allocation past
-    it fails at once) and by watching its resident memory. ``address_space=False`` keeps only
-    the watch, for GPU runtimes: CUDA reserves far more address space than it ever uses and
-    will not start under such a limit.
+    The memory limit is enforced twice: as the worker's address-space limit (an allocation
+    past it fails at once) and by watching its resident memory. ``address_space=False`` keeps
+    only the watch, for GPU runtimes: CUDA reserves far more address space than it ever uses
+    and will not start under such a limit.
     """
-    limits = current()
-    if limits is None:
+    scope = _current.get()
+    if scope is None:
         module_name, _, name = target.partition(":")
         return getattr(importlib.import_module(module_name), name)(*args)
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited threads
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, daemon=True,
-                              args=(sender, target, args, limits.memory_bytes if address_space else None))
-    process.start()
-    sender.close()
-    try:
-        deadline = time.monotonic() + limits.seconds
-        while not receiver.poll(_WATCH_SECONDS):
-            if time.monotonic() > deadline:
-                process.kill()
-                raise ResourceLimitError(f"{what} did not finish within {limits.seconds:g} s (stopped)")
-            if limits.memory_bytes is not None and _resident_bytes(process.pid) > limits.memory_bytes:
-                process.kill()
-                raise ResourceLimitError(f"{what} used more than the memory limit of "
-                                         f"{limits.memory_bytes / 2**30:.1f} GiB (stopped)")
-        try:  # a child that died without answering closes the pipe: EOFError
-            status, payload = receiver.recv()
-        except EOFError:
-            process.join(5)
-            limit = f" (memory limit {limits.memory_bytes / 2**30:.1f} GiB)" if limits.memory_bytes else ""
-            raise ResourceLimitError(f"{what} crashed with exit code {process.exitcode}{limit}") from None
-    finally:
-        process.join(5)
-        if process.is_alive():
-            process.kill()
-        receiver.close()
+    status, payload = scope.worker(address_space).call(target, args, what)
     if status == "ok":
         return payload
     if status == "memory":
-        raise ResourceLimitError(f"{what} ran out of memory (limit {limits.memory_bytes / 2**30:.1f} GiB)")
+        raise ResourceLimitError(f"{what} ran out of memory (limit {scope.limits.memory_bytes / 2**30:.1f} GiB)")
+    kind, message = payload
+    raise SandboxedError(what, kind, message)
+
+
+def call_fresh(target: str, *args: Any, what: str, seconds: float = 600.0) -> Any:
+    """Run ``module:function(*args)`` once in a new process of its own, whatever the limits.
+
+    For measurements that need a clean process (peak resident memory): the current limits
+    apply when there are any, else only ``seconds``.
+    """
+    scope = _current.get()
+    limits = scope.limits if scope is not None else Limits(seconds=seconds)
+    worker = _Worker(limits, address_space=False)
+    try:
+        status, payload = worker.call(target, args, what)
+    finally:
+        worker.close()
+    if status == "ok":
+        return payload
+    if status == "memory":
+        raise ResourceLimitError(f"{what} ran out of memory")
     kind, message = payload
     raise SandboxedError(what, kind, message)
 

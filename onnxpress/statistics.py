@@ -11,8 +11,9 @@ aware pruning and low-rank factorization). Samples may differ in shape.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -209,8 +210,7 @@ class ActivationStats:
 def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
             tensors: Sequence[str] | None = None, channel_axes: Mapping[str, int] | None = None,
             second_moments: Iterable[str] = (), bins: int = DEFAULT_BINS, limit: int | None = None,
-            progress: Callable[[int, int | None], None] | None = None,
-            providers: Sequence = ("CPUExecutionProvider",)) -> ActivationStats:
+            progress: Callable[[str], None] | None = None, runner: Any = None) -> ActivationStats:
     """Run ``model`` on each calibration sample and gather statistics of the chosen tensors.
 
     Args:
@@ -221,7 +221,8 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         second_moments: tensors whose full channel second-moment matrix is kept.
         bins: histogram bins per sign.
         limit: stop after this many samples.
-        progress: called as ``progress(done, total)`` after each sample.
+        progress: called with a message now and then (about every two seconds).
+        runner: the ``Runner`` whose target's providers run the model (the CPU by default).
     """
     exposed, order = modelinfo.expose_intermediates(model, tensors, include_inputs=True)
     axes = dict(channel_axes or {})
@@ -233,21 +234,24 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
     if limit is not None and total is not None:
         total = min(total, limit)
     done = 0
-    with runtime.Session(exposed, providers=providers, optimization="basic") as session:
+    runner = runner if runner is not None else runtime.Runner("cpu")
+    told = time.monotonic()
+    # Basic optimisation only: fusions would swallow the tensors being collected.
+    with runner.session(exposed, optimization="basic") as session:
         wanted = [n for n in session.output_names if n in stats]
         for feed in calibration:
             if limit is not None and done >= limit:
                 break
             check_feed(model, feed, f"calibration: sample {done}")
-            values = session.session.run(wanted, {name: feed[name] for name in session.input_names})
-            for name, value in zip(wanted, values):
+            for name, value in session.run(feed, wanted).items():
                 stats[name].update(value)
             for spec_name in session.input_names:
                 if spec_name in stats:
                     stats[spec_name].update(feed[spec_name])
             done += 1
-            if progress:
-                progress(done, total)
+            if progress and time.monotonic() - told > 2.0:
+                told = time.monotonic()
+                progress(f"statistics: {done}/{total if total is not None else '?'} samples")
     for tensor in stats.values():
         tensor.flush()
     if done == 0:
