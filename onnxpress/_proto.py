@@ -173,3 +173,19 @@ def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
         return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     except (KeyError, ValueError, TypeError):
         return None
+
+
+def all_nodes(proto: onnx.ModelProto):
+    """Every NodeProto of the model: the main graph, subgraphs and function bodies."""
+    def from_graph(nodes):
+        for node in nodes:
+            yield node
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    yield from from_graph(attr.g.node)
+                for sub in attr.graphs:
+                    yield from from_graph(sub.node)
+
+    yield from from_graph(proto.graph.node)
+    for function in proto.functions:
+        yield from from_graph(function.node)

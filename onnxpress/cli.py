@@ -69,14 +69,13 @@ def _cmd_targets(args) -> int:
 
 
 def _data(path: str | None, model):
-    """Feeds for ``model`` from a .npz file or folder: its input arrays (others, such as
-    labels, are left out)."""
+    """Feeds for ``model`` from a .npz/.npy file or a folder of .npz: its input arrays (others,
+    such as labels, are left out)."""
     if path is None:
         return None
-    from onnxpress.calibration import from_npz
-    from onnxpress.feeds import input_specs
+    from onnxpress.calibration import read_source
 
-    return from_npz(path, keys=[spec.name for spec in input_specs(model)])
+    return read_source(path, model=model, name="data")
 
 
 def _labels(path: str | None, key: str):

@@ -167,11 +167,14 @@ class Pass(ir.passes.PassBase):
         lossless: the pipeline fails the pass if it moves outputs beyond float rounding.
         needs_data: the pass cannot run without calibration data. Passes whose need depends on
             their options override :meth:`needs_calibration` instead.
+        aliases: old option names still accepted for one release, mapped to their new names
+            (``{"fuse_bn": "fold_batchnorm"}``); recipes using them get a warning.
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    aliases: ClassVar[dict[str, str]] = {}
     _context: PassContext | None = None
 
     @property
@@ -200,8 +203,9 @@ class Pass(ir.passes.PassBase):
 
 
 def pass_name(item: ir.passes.PassBase) -> str:
-    """The name a pass declares (its class name for plain ``onnx_ir`` passes)."""
-    return getattr(item, "name", "") or type(item).__name__
+    """The name a pass's class declares (the class name for plain ``onnx_ir`` passes)."""
+    declared = getattr(type(item), "name", "")
+    return declared if isinstance(declared, str) and declared else type(item).__name__
 
 
 def pass_statistics(result: ir.passes.PassResult) -> dict[str, Any]:

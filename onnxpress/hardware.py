@@ -1,10 +1,13 @@
-"""What the host processor can do, and the int8 quantization defaults that are fast on it.
+"""What a processor can do, and the int8 quantization defaults that are fast on it.
 
 ONNX Runtime's int8 kernels on x86 multiply uint8 activations by int8 weights. Without VNNI
 (AVX2, AVX-512 without VNNI) the instruction sequence saturates int16 intermediates, so weights
 are quantized to 7 bits ("reduce range"); with VNNI (AVX512-VNNI, AVX-VNNI, AMX) it does not.
 On ARM with the dot-product extension signed int8 activations run as fast and keep the
 symmetric range.
+
+Quantization follows the target, not the machine doing the compression: a target profile
+names its instruction set (``isa``), and only ``isa = "host"`` reads this machine.
 """
 from __future__ import annotations
 
@@ -84,3 +87,33 @@ def quantization_defaults(caps: CpuCapabilities | None = None) -> QuantizationDe
             return QuantizationDefaults("int8", "int8", False, "ARM with dot-product: symmetric S8S8")
         return QuantizationDefaults("uint8", "int8", False, "ARM without dot-product")
     return QuantizationDefaults("uint8", "int8", False, f"{caps.arch}: ONNX Runtime's default U8S8")
+
+
+# What each named instruction set stands for, as the capabilities quantization_defaults reads.
+_ISAS: dict[str, CpuCapabilities] = {
+    "x86-vnni": CpuCapabilities(arch="x86_64", avx2=True, vnni=True),
+    "x86-avx2": CpuCapabilities(arch="x86_64", avx2=True),
+    "x86": CpuCapabilities(arch="x86_64"),
+    "arm64-dotprod": CpuCapabilities(arch="aarch64", arm_dotprod=True),
+    "arm64": CpuCapabilities(arch="aarch64"),
+}
+ISAS = ("host", *_ISAS)
+"""The values a target profile's ``isa`` may take."""
+
+
+def quantization_defaults_for(isa: str) -> QuantizationDefaults:
+    """The int8 settings for a target's instruction set (``"host"``: the machine running this).
+
+    Raises:
+        ValueError: ``isa`` is not one of :data:`ISAS`.
+    """
+    if isa == "host":
+        caps = cpu_capabilities()
+        defaults = quantization_defaults(caps)
+        return QuantizationDefaults(defaults.activation_type, defaults.weight_type, defaults.reduce_range,
+                                    f"target isa 'host' ({caps.describe()}): {defaults.reason}")
+    if isa not in _ISAS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
+    defaults = quantization_defaults(_ISAS[isa])
+    return QuantizationDefaults(defaults.activation_type, defaults.weight_type, defaults.reduce_range,
+                                f"target isa '{isa}': {defaults.reason}")

@@ -161,10 +161,9 @@ def expose_intermediates(model: ir.Model, names: Iterable[str] | None = None,
     Types come from shape inference (best effort: values that already carry types still work).
     """
     copy = model.clone()
-    try:
-        common_passes.ShapeInferencePass()(copy)
-    except ir.passes.PassError as err:
-        logger.warning("shape inference failed (%s); exposing typed values only", err)
+    # Best effort: on failure the pass logs a warning and leaves the copy as it was, so only
+    # values that already carry types are exposed.
+    common_passes.ShapeInferencePass()(copy)
     wanted = set(names) if names is not None else None
     existing = {v.name for v in copy.graph.outputs}
     order = []

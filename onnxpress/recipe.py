@@ -1,4 +1,4 @@
-"""Recipes: TOML files naming the passes with their options, the calibration source and the target.
+"""Recipes: TOML files naming the passes with their options, the data sources and the target.
 
 ```toml
 target = "cpu"                 # optional: a built-in target or a profile file
@@ -13,12 +13,18 @@ type = "npz"                   # or "images", with input = "name" and the prepro
 batch_size = 1                 # size, crop, color, scale, mean, std, layout, dtype (see ImageSpec)
 limit = 200
 
+[evaluation]                   # optional, same keys: the data verdicts are judged on (never
+source = "eval.npz"            # shown to the passes); without it a held-out split of calibration
+
 [[passes]]
 name = "simplify"
 fold_limit_bytes = 16777216
 ```
 
-Every mistake is reported as one line naming the file, the table and the key.
+This module only parses: it checks every key and creates the passes through the registry.
+``Pipeline.from_recipe`` builds the pipeline; ``calibration.read_source`` reads the data
+sources (relative to the recipe's folder). Every mistake is reported as one line naming the
+file, the table and the key. Old option names of a pass are accepted with a warning.
 """
 from __future__ import annotations
 
@@ -28,21 +34,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxpress import registry
+from onnxpress import config, registry
+from onnxpress.calibration import DataSource
 from onnxpress.errors import RecipeError
 
-_TOP_KEYS = {"description", "target", "pipeline", "calibration", "passes"}
+_TOP_KEYS = {"description", "target", "pipeline", "calibration", "evaluation", "passes"}
 _PIPELINE_KEYS = {"check": bool, "golden_samples": int, "lossless_rtol": float, "lossless_atol": float,
                   "latency_runs": int}
-_CALIBRATION_KEYS = {"source": str, "type": str, "batch_size": int, "limit": int, "input": str,
-                     "size": (int, list), "crop": list, "color": str, "scale": float, "mean": list, "std": list,
-                     "layout": str, "dtype": str}
-_IMAGE_KEYS = ("size", "crop", "color", "scale", "mean", "std", "layout", "dtype")
 
 
 @dataclass
 class Recipe:
-    """A parsed, checked recipe."""
+    """A parsed, checked recipe.
+
+    Attributes:
+        path: the recipe file (None for text); data sources are relative to its folder.
+        passes: the pass instances, in order, created by ``registry.create``.
+        pass_names: their registry names.
+        target: the target it names (a built-in name or a profile path), or None.
+        description: free text.
+        pipeline_options: the ``[pipeline]`` table (``Pipeline`` keyword arguments).
+        calibration: the ``[calibration]`` source, or None.
+        evaluation: the ``[evaluation]`` source (verdict data the passes never see), or None.
+    """
 
     path: Path | None
     passes: list[Any]
@@ -50,31 +64,8 @@ class Recipe:
     target: str | None = None
     description: str = ""
     pipeline_options: dict[str, Any] = field(default_factory=dict)
-    calibration: dict[str, Any] | None = None
-
-    def calibration_source(self):
-        """The recipe's calibration data, or None when it names none."""
-        if not self.calibration:
-            return None
-        from onnxpress.calibration import ImageSpec, from_images, from_npz
-
-        settings = self.calibration
-        base = self.path.parent if self.path else Path.cwd()
-        source = base / settings["source"]
-        if settings.get("type", "npz") == "images":
-            spec = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in _IMAGE_KEYS}
-            try:
-                image_spec = ImageSpec(**spec)
-            except (ValueError, TypeError) as err:
-                raise RecipeError(f"{self.path}: [calibration] {err}") from None
-            return from_images(source, settings["input"], image_spec, limit=settings.get("limit"))
-        return from_npz(source, batch_size=settings.get("batch_size", 1), limit=settings.get("limit"))
-
-    def pipeline(self):
-        from onnxpress.pipeline import Pipeline
-
-        return Pipeline(self.passes, calibration=self.calibration_source(), target=self.target,
-                        **self.pipeline_options)
+    calibration: DataSource | None = None
+    evaluation: DataSource | None = None
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -98,26 +89,11 @@ def parse_recipe(text: str, *, name: str = "<recipe>", path: Path | None = None)
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise RecipeError(f"{name}: unknown key(s) {unknown}; a recipe has {sorted(_TOP_KEYS)}")
-    target = data.get("target")
-    if target is not None and not isinstance(target, str):
-        raise RecipeError(f"{name}: 'target' must be a string, got {type(target).__name__}")
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise RecipeError(f"{name}: 'description' must be a string")
-    pipeline_options = _typed_table(data.get("pipeline", {}), _PIPELINE_KEYS, f"{name}: [pipeline]")
-    calibration = None
-    if "calibration" in data:
-        calibration = _typed_table(data["calibration"], _CALIBRATION_KEYS, f"{name}: [calibration]")
-        if "source" not in calibration:
-            raise RecipeError(f"{name}: [calibration] needs a 'source' (a .npz file or a folder of them)")
-        kind = calibration.get("type", "npz")
-        if kind not in ("npz", "images"):
-            raise RecipeError(f"{name}: [calibration] 'type' must be 'npz' or 'images', got {kind!r}")
-        if kind == "images" and "input" not in calibration:
-            raise RecipeError(f"{name}: [calibration] type 'images' needs 'input' (the model input they feed)")
-        misplaced = [k for k in _IMAGE_KEYS if k in calibration] if kind == "npz" else []
-        if misplaced:
-            raise RecipeError(f"{name}: [calibration] {misplaced} apply to type = 'images' only")
+    target = config.check_value(data.get("target"), str | None, f"{name}: 'target'")
+    description = config.check_value(data.get("description", ""), str, f"{name}: 'description'")
+    pipeline_options = config.check_table(data.get("pipeline", {}), _PIPELINE_KEYS, f"{name}: [pipeline]")
+    sources = {key: DataSource.from_table(data[key], where=f"{name}: [{key}]")
+               for key in ("calibration", "evaluation") if key in data}
     entries = data.get("passes", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise RecipeError(f"{name}: 'passes' must be an array of tables ([[passes]])")
@@ -133,22 +109,5 @@ def parse_recipe(text: str, *, name: str = "<recipe>", path: Path | None = None)
         passes.append(registry.create(pass_name, settings, where=where))
         names.append(pass_name)
     return Recipe(path=path, passes=passes, pass_names=names, target=target, description=description,
-                  pipeline_options=pipeline_options, calibration=calibration)
-
-
-def _typed_table(table: Any, schema: dict[str, type], where: str) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise RecipeError(f"{where} must be a table")
-    checked = {}
-    for key, value in table.items():
-        if key not in schema:
-            raise RecipeError(f"{where}: unknown key '{key}'; known: {', '.join(schema)}")
-        want = schema[key]
-        ok = (isinstance(value, bool) if want is bool else
-              isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
-              isinstance(value, want) and not isinstance(value, bool))
-        if not ok:
-            names = " or ".join(w.__name__ for w in (want if isinstance(want, tuple) else (want,)))
-            raise RecipeError(f"{where}: '{key}' must be {names}, got {type(value).__name__} {value!r}")
-        checked[key] = value
-    return checked
+                  pipeline_options=pipeline_options, calibration=sources.get("calibration"),
+                  evaluation=sources.get("evaluation"))

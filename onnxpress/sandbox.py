@@ -75,6 +75,8 @@ def limited(limits: Limits | None = None) -> Iterator[Limits]:
     limit or died is replaced by a new one for the next step. It ends with the block.
     """
     scope = _Scope(limits or Limits())
+    # Start the worker now: it imports ONNX Runtime while the caller loads the model.
+    scope.worker(address_space=True)
     token = _current.set(scope)
     try:
         yield scope.limits
@@ -96,6 +98,10 @@ def default_memory_bytes() -> int | None:
         return None
 
 
+# Modules a new worker imports before its first request (while the parent is still busy).
+_WARM_MODULES = ("onnxpress.runtime", "onnxruntime")
+
+
 def _serve(connection, memory_bytes: int | None) -> None:
     """The worker's loop: limits once, then each request in a scratch working folder."""
     import resource
@@ -108,6 +114,11 @@ def _serve(connection, memory_bytes: int | None) -> None:
     sys.stdout = sys.stderr
     if memory_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    for module in _WARM_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a missing module is reported by the request that needs it
+            pass
     while True:
         try:
             target, args = connection.recv()

@@ -10,31 +10,39 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from onnxpress import config
 from onnxpress.errors import RecipeError
+from onnxpress.hardware import ISAS
 
 FOLDER = Path(__file__).resolve().parent
 
-_SECTIONS: dict[str, dict[str, type]] = {
-    "runtime": {"providers": list, "provider_options": dict, "intra_op_threads": int,
-                "inter_op_threads": int, "optimization": str},
+# [recipe] precision is advisory: nothing applies it yet (there is no fp16 pass), so a profile
+# asking for fp16 is validated as if fp32; the value is checked so a typo is not silently kept.
+Precision = Literal["fp32", "fp16", "int8"]
+
+_SECTIONS: dict[str, dict[str, Any]] = {
+    "runtime": {"providers": list[str], "provider_options": dict[str, dict[str, Any]], "intra_op_threads": int,
+                "inter_op_threads": int, "optimization": Literal["disable", "basic", "extended", "all"],
+                "isa": Literal[ISAS]},
     "tolerances": {"cosine": float, "max_abs": float, "top1_agreement": float, "metric_drop": float},
     "budgets": {"latency_ms": float, "size_mb": float},
     "latency": {"warmup": int, "min_runs": int, "max_runs": int, "min_seconds": float},
-    "recipe": {"precision": str},
+    "recipe": {"precision": Precision},
     "deploy": {"ort_format": bool},
 }
 _TOP = {"name": str, "description": str}
-_OPTIMIZATION = ("disable", "basic", "extended", "all")
-# [recipe] precision is advisory: nothing applies it yet (there is no fp16 pass), so a profile
-# asking for fp16 is validated as if fp32; the value is checked so a typo is not silently kept.
-_PRECISIONS = ("fp32", "fp16", "int8")
+_OUTPUT_TOLERANCES = {"cosine": float, "max_abs": float}
 
 
 @dataclass(frozen=True)
 class Target:
-    """A loaded target profile (see the built-in ``cpu.toml`` for every key)."""
+    """A loaded target profile (see the built-in ``cpu.toml`` for every key).
+
+    ``isa`` is the instruction set the target runs (``onnxpress.hardware.ISAS``): quantization
+    defaults follow it; ``"host"`` means the machine running the compression.
+    """
 
     name: str
     description: str
@@ -44,6 +52,7 @@ class Target:
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     optimization: str = "all"
+    isa: str = "host"
     cosine: float = 0.99
     max_abs: float = 0.0
     top1_agreement: float = 0.98
@@ -57,6 +66,10 @@ class Target:
     precision: str = "fp32"
     ort_format: bool = False
     output_tolerances: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.isa not in ISAS:
+            raise ValueError(f"target {self.name}: isa must be one of {', '.join(ISAS)}, got {self.isa!r}")
 
     def tolerance(self, output: str, key: str) -> float:
         """The tolerance ``key`` (``cosine`` or ``max_abs``) for one output: its own, else the profile's."""
@@ -91,25 +104,16 @@ def load(target: str | os.PathLike | Target) -> Target:
     values: dict[str, Any] = {}
     for key, value in data.items():
         if key in _TOP:
-            values[key] = _typed(value, _TOP[key], f"{path}: '{key}'")
+            values[key] = config.check_value(value, _TOP[key], f"{path}: '{key}'")
         elif key in _SECTIONS:
-            if not isinstance(value, dict):
-                raise RecipeError(f"{path}: [{key}] must be a table")
-            for sub, sub_value in value.items():
-                if key == "tolerances" and sub == "outputs":
-                    values["output_tolerances"] = _output_tolerances(sub_value, path)
-                    continue
-                if sub not in _SECTIONS[key]:
-                    raise RecipeError(f"{path}: [{key}] unknown key '{sub}'; known: {', '.join(_SECTIONS[key])}")
-                values[sub] = _typed(sub_value, _SECTIONS[key][sub], f"{path}: [{key}] '{sub}'")
+            if key == "tolerances" and isinstance(value, dict) and "outputs" in value:
+                value = dict(value)
+                values["output_tolerances"] = _output_tolerances(value.pop("outputs"), path)
+            values.update(config.check_table(value, _SECTIONS[key], f"{path}: [{key}]"))
         else:
             raise RecipeError(f"{path}: unknown key '{key}'; a profile has {', '.join([*_TOP, *_SECTIONS])}")
-    if not values.get("providers") or not all(isinstance(p, str) for p in values["providers"]):
+    if not values.get("providers"):
         raise RecipeError(f"{path}: [runtime] 'providers' must be a non-empty list of provider names")
-    if values.get("optimization", "all") not in _OPTIMIZATION:
-        raise RecipeError(f"{path}: [runtime] 'optimization' must be one of {', '.join(_OPTIMIZATION)}")
-    if values.get("precision", "fp32") not in _PRECISIONS:
-        raise RecipeError(f"{path}: [recipe] 'precision' must be one of {', '.join(_PRECISIONS)}")
     values.setdefault("name", path.stem)
     if "intra_op_threads" in values and values["intra_op_threads"] < 0:
         raise RecipeError(f"{path}: [runtime] 'intra_op_threads' must be >= 0")
@@ -121,22 +125,5 @@ def _output_tolerances(table: Any, path: Path) -> dict[str, dict[str, float]]:
     """``[tolerances.outputs.NAME]`` tables: per-output ``cosine`` and ``max_abs``."""
     if not isinstance(table, dict):
         raise RecipeError(f"{path}: [tolerances.outputs] must be a table of output names")
-    result = {}
-    for output, values in table.items():
-        if not isinstance(values, dict):
-            raise RecipeError(f"{path}: [tolerances.outputs.{output}] must be a table")
-        unknown = set(values) - {"cosine", "max_abs"}
-        if unknown:
-            raise RecipeError(f"{path}: [tolerances.outputs.{output}] unknown key(s) {sorted(unknown)}; "
-                              "known: cosine, max_abs")
-        result[output] = {k: _typed(v, float, f"{path}: [tolerances.outputs.{output}] '{k}'")
-                          for k, v in values.items()}
-    return result
-
-
-def _typed(value: Any, want: type, where: str) -> Any:
-    if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, want) and not (want is int and isinstance(value, bool)):
-        return value
-    raise RecipeError(f"{where} must be {want.__name__}, got {type(value).__name__} {value!r}")
+    return {output: config.check_table(values, _OUTPUT_TOLERANCES, f"{path}: [tolerances.outputs.{output}]")
+            for output, values in table.items()}

@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from onnxpress import calibration
-from onnxpress.errors import DataError
+from onnxpress.errors import DataError, RecipeError
 
 
 def test_npz_file_is_cut_into_batches(tmp_path):
@@ -126,9 +128,70 @@ def test_recipe_calibration_from_images(tmp_path):
         Image.fromarray(np.full((12, 12), i * 60, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
     (tmp_path / "r.toml").write_text('[calibration]\nsource = "imgs"\ntype = "images"\ninput = "input"\n'
                                      'size = [8, 8]\ncolor = "L"\nscale = 0.0625\n[[passes]]\nname = "simplify"\n')
-    feeds = list(load_recipe(tmp_path / "r.toml").calibration_source())
+    recipe = load_recipe(tmp_path / "r.toml")
+    feeds = list(calibration.read_source(recipe.calibration, base=recipe.path.parent))
     assert len(feeds) == 3 and feeds[2]["input"].shape == (1, 1, 8, 8)
     assert feeds[2]["input"].max() == pytest.approx(120 * 0.0625)
     (tmp_path / "bad.toml").write_text('[calibration]\nsource = "imgs"\ntype = "images"\n[[passes]]\nname = "simplify"\n')
     with pytest.raises(Exception, match="needs 'input'"):
         load_recipe(tmp_path / "bad.toml")
+
+
+def test_read_source_feeds_only_the_model_inputs(tmp_path, small_model):
+    np.savez(tmp_path / "d.npz", x=np.ones((5, 4), np.float32), label=np.arange(5))
+    data = calibration.read_source(tmp_path / "d.npz", model=small_model, name="evaluation")
+    assert len(data) == 5 and all(set(feed) == {"x"} for feed in data)
+    assert data.name == f"evaluation ({tmp_path / 'd.npz'})"
+    assert set(next(iter(calibration.read_source(str(tmp_path / "d.npz"))))) == {"x", "label"}
+    np.savez(tmp_path / "other.npz", label=np.arange(5))
+    with pytest.raises(DataError, match=r"no array\(s\) \['x'\]"):
+        calibration.read_source(tmp_path / "other.npz", model=small_model)
+
+
+def test_read_source_resolves_relative_paths_against_base(tmp_path, small_model):
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "c.npz", x=np.ones((6, 4), np.float32))
+    spec = calibration.DataSource(Path("data/c.npz"), batch_size=4)
+    assert [f["x"].shape[0] for f in calibration.read_source(spec, model=small_model, base=tmp_path)] == [4, 2]
+    with pytest.raises(DataError, match="no such file"):
+        calibration.read_source(spec, model=small_model, base=tmp_path / "elsewhere")
+
+
+def test_read_source_takes_a_npy_array_for_the_only_input(tmp_path, small_model, minimal_model):
+    np.save(tmp_path / "x.npy", np.ones((3, 4), np.float32))
+    assert [set(f) for f in calibration.read_source(tmp_path / "x.npy", model=small_model)] == [{"x"}] * 3
+    with pytest.raises(DataError, match="the model has inputs \\['x', 's'\\]"):
+        calibration.read_source(tmp_path / "x.npy", model=minimal_model)
+    with pytest.raises(DataError, match="say which input it feeds"):
+        calibration.read_source(tmp_path / "x.npy")
+    spec = calibration.DataSource.from_path(tmp_path / "x.npy", input="s", limit=2)
+    assert [set(f) for f in calibration.read_source(spec, model=minimal_model)] == [{"s"}] * 2
+    with pytest.raises(DataError, match="feeds input 'nope', which the model does not have"):
+        calibration.read_source(calibration.DataSource.from_path(tmp_path / "x.npy", input="nope"),
+                                model=small_model)
+
+
+def test_data_source_values_are_checked():
+    assert calibration.DataSource.from_path("c.npz").type == "npz"
+    with pytest.raises(ValueError, match="type 'images' needs 'input'"):
+        calibration.DataSource(Path("imgs"), type="images")
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        calibration.DataSource.from_path("c.npz", limit=0)
+    with pytest.raises(RecipeError, match=r"r.toml: \[evaluation\]: images: crop must be \[height, width\]"):
+        calibration.DataSource.from_table({"source": "imgs", "type": "images", "input": "x", "crop": [1, 2, 3]},
+                                          where="r.toml: [evaluation]")
+
+
+def test_holdout_keeps_the_tail_away_from_the_passes(rng):
+    feeds = [{"x": np.full((1, 2), i, np.float32)} for i in range(10)]
+    kept, held_out = calibration.holdout(feeds)
+    assert (len(kept), len(held_out)) == (8, 2)
+    assert [int(f["x"][0, 0]) for f in held_out] == [8, 9] and [int(f["x"][0, 0]) for f in kept] == list(range(8))
+    kept, held_out = calibration.holdout(feeds[:3], fraction=0.1)
+    assert (len(kept), len(held_out)) == (2, 1)  # at least `minimum` held out
+    kept, held_out = calibration.holdout(calibration.from_feeds(feeds), fraction=0.5, minimum=6)
+    assert (len(kept), len(held_out)) == (4, 6)
+    with pytest.raises(DataError, match="1 sample\\(s\\) cannot be split"):
+        calibration.holdout(feeds[:1])
+    with pytest.raises(ValueError, match="fraction must be in \\(0, 1\\)"):
+        calibration.holdout(feeds, fraction=1.0)

@@ -81,7 +81,7 @@ CHILD = textwrap.dedent("""
         {type(v.const_value).__name__ for v in reloaded.graph.initializers.values()
          if v.const_value.nbytes > 2**20})
     feed = {"x": np.load(feed_path)}
-    with runtime.Session(reloaded) as session:
+    with runtime.Runner("cpu").session(reloaded) as session:
         outputs = session.run(feed)
     np.save(result_path, outputs["y"])
     lap("reload_and_run")

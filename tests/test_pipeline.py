@@ -10,14 +10,13 @@ from onnxpress.pipeline import ProgressEvent
 from conftest import ort_run
 
 
-class _ScaleWeights(ir.passes.InPlacePass):
+class _ScaleWeights(ox.Pass, ir.passes.InPlacePass):
     """Multiplies every float initializer by ``factor`` (a lossy edit for tests)."""
 
     def __init__(self, *, factor: float = 1.01, lossless: bool = False) -> None:
         super().__init__()
         self.factor = factor
         self.lossless = lossless
-        self.statistics = {}
 
     def call(self, model):
         count = 0
@@ -26,8 +25,7 @@ class _ScaleWeights(ir.passes.InPlacePass):
             if array.dtype == np.float32:
                 value.const_value = ir.tensor(array * np.float32(self.factor), name=value.name)
                 count += 1
-        self.statistics = {"scaled": count}
-        return ir.passes.PassResult(model, modified=count > 0)
+        return ox.PassResult(model, modified=count > 0, statistics={"scaled": count})
 
 
 class _Breaker(ir.passes.InPlacePass):
@@ -125,11 +123,17 @@ def test_bad_calibration_is_named(small_model):
         ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"x": np.zeros(4, np.float32)}])
 
 
-def test_registered_names_are_used_in_records(small_model):
-    registry.register("scale_weights", _ScaleWeights)
+class _NamedScale(_ScaleWeights):
+    name = "scale_weights"
+
+
+def test_declared_names_key_the_registry_and_the_records(small_model):
+    registry.register(_NamedScale)
     try:
-        result = ox.Pipeline([_ScaleWeights()]).run(small_model)
+        assert registry.get("scale_weights") is _NamedScale
+        result = ox.Pipeline([registry.create("scale_weights", {"factor": 2.0})]).run(small_model)
         assert result.records[0].name == "scale_weights"
+        assert result.records[0].statistics == {"scaled": 3}  # three float initializers
     finally:
         registry._extra.pop("scale_weights")
 

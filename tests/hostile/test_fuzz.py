@@ -110,13 +110,13 @@ def test_mutated_attributes_run_or_fail_cleanly(tmp_path, data):
     path.write_bytes(proto.SerializeToString())
     try:
         model = ox.load(path)
-        feeds = feeds.random_feeds(model, 2, seed=0)
+        inputs = feeds.random_feeds(model, 2, seed=0)
     except (ModelError, DataError) as err:
         assert "\n" not in str(err)
         return
     with sandbox.limited(sandbox.Limits(seconds=60, memory_bytes=4 * 2**30)):
         try:
-            outputs, _ = runtime.run_limited(model, feeds, what="fuzzed model", check=check)
+            outputs = runtime.Runner("cpu").outputs(model, inputs, what="fuzzed model", check=check)
         except (runtime.CheckFailed, runtime.RunFailed, sandbox.ResourceLimitError) as err:
             assert "\n" not in str(err) and str(err)
             return

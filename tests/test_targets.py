@@ -1,0 +1,45 @@
+import pytest
+
+import onnxpress as ox
+from onnxpress import targets
+
+
+def _profile(tmp_path, old: str, new: str):
+    path = tmp_path / "mine.toml"
+    text = (targets.FOLDER / "cpu.toml").read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_profiles_name_their_instruction_set(tmp_path):
+    assert targets.load("cpu").isa == "host" and targets.load("cuda").isa == "host"
+    assert targets.load("edge").isa == "arm64-dotprod"
+    assert targets.load(_profile(tmp_path, 'isa = "host"', 'isa = "x86-avx2"')).isa == "x86-avx2"
+    assert targets.load(_profile(tmp_path, 'isa = "host"', "")).isa == "host"  # the default
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('isa = "host"', 'isa = "riscv"', r"mine.toml: \[runtime\]: 'isa' must be one of 'host', 'x86-vnni', .*"
+                                      r"got str 'riscv'"),
+    ('optimization = "all"', 'optimization = "fast"', r"\[runtime\]: 'optimization' must be one of 'disable'"),
+    ("intra_op_threads = 0", "intra_op_threads = true", r"\[runtime\]: 'intra_op_threads' must be int, got bool"),
+    ("cosine = 0.99", 'cosine = "high"', r"\[tolerances\]: 'cosine' must be float, got str 'high'"),
+    ("warmup = 5", "warm_up = 5", r"\[latency\]: unknown key 'warm_up'; known: warmup"),
+    ('providers = ["CPUExecutionProvider"]', "providers = [1]", r"'providers' must be a list of str, got list \[1\]"),
+    ('providers = ["CPUExecutionProvider"]', "providers = []", r"'providers' must be a non-empty list"),
+])
+def test_profile_mistakes_are_named(tmp_path, old, new, message):
+    with pytest.raises(ox.RecipeError, match=message):
+        targets.load(_profile(tmp_path, old, new))
+
+
+def test_integers_are_taken_where_floats_are_wanted(tmp_path):
+    target = targets.load(_profile(tmp_path, "size_mb = 0.0", "size_mb = 25"))
+    assert target.size_mb == 25.0 and isinstance(target.size_mb, float)
+
+
+def test_a_target_built_in_python_checks_its_isa():
+    with pytest.raises(ValueError, match="isa must be one of host, x86-vnni"):
+        targets.Target(name="t", description="", path=targets.FOLDER, providers=["CPUExecutionProvider"],
+                       isa="z80")
