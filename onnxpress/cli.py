@@ -133,7 +133,8 @@ def _write_report(report, folder: str | None) -> None:
 
 def _cmd_validate(args) -> int:
     from onnxpress.io import load
-    from onnxpress.validate import save_golden, validate
+    from onnxpress.golden import save_golden
+    from onnxpress.validate import validate
 
     candidate = load(args.model)
     if args.save_golden:

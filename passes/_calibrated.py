@@ -88,7 +88,7 @@ def error_probes(model: ir.Model, nodes: list[ir.Node], reduce_range: bool) -> d
         weight = constant(node.inputs[1])
         if weight is None or constant(node.inputs[2]) is None:
             continue
-        trans_b = node.attributes["transB"].value if "transB" in node.attributes else 0
+        trans_b = node.attributes.get_int("transB", 0)
         axis = 0 if node.op_type == "Conv" or trans_b else 1  # the output-channel axis
         delta = (_quantized(weight, axis, reduce_range) - weight).astype(weight.dtype)
         name = f"{node.name}_weight_error"
@@ -112,7 +112,7 @@ def correct_biases(model: ir.Model, nodes: list[ir.Node], probes: dict[str, str]
         if shift is None or bias is None or bias.shape != shift.shape:
             continue
         # Gemm scales C by beta (default 1.0): the correction of C is divided by it.
-        beta = node.attributes["beta"].value if node.op_type == "Gemm" and "beta" in node.attributes else 1.0
+        beta = node.attributes.get_float("beta", 1.0) if node.op_type == "Gemm" else 1.0
         set_initializer(model.graph, node, 2, (bias - shift / (beta or 1.0)).astype(bias.dtype),
                         f"{node.inputs[2].name}_corrected")
         corrected += 1

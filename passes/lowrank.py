@@ -9,8 +9,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import fingerprint
-from onnxpress.passes._common import constant, require_calibration
+from onnxpress.passes._common import constant
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class _Layer:
         return int(np.floor((1.0 - margin) * k * n / (k + n)))
 
 
-class LowRank(ir.passes.FunctionalPass):
+class LowRank(Pass, ir.passes.FunctionalPass):
     """Replace a weight W (K x N) by A (K x r) @ B (r x N) where that stores fewer parameters.
 
     Applies to MatMul with a constant 2-D weight, Gemm (transA/transB, alpha, beta and bias
@@ -79,6 +80,8 @@ class LowRank(ir.passes.FunctionalPass):
 
     Replaced weights become unused initializers; they are removed before returning.
     """
+
+    name = "lowrank"
 
     def __init__(self, *, method: Method = "svd", rank: int | None = None, rank_ratio: float | None = None,
                  energy: float | None = None, budget: float | None = None, tolerance: float | None = None,
@@ -124,16 +127,14 @@ class LowRank(ir.passes.FunctionalPass):
         self.measure_sensitivity = measure_sensitivity
         self.sensitivity_rounds = sensitivity_rounds
         self.seed = seed
-        self.context = None
-        self.statistics: dict[str, Any] = {}
 
-    def requires(self, model: ir.Model) -> None:
-        require_calibration(self, self.method == "activation" or self.tolerance is not None,
-                            "lowrank: method 'activation' and a tolerance")
+    def needs_calibration(self, model: ir.Model) -> bool:
+        """The activation method and a tolerance need activation statistics."""
+        return self._needs_statistics()
 
     # ------------------------------------------------------------------------------- call
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         result = model.clone()
         ir.passes.Sequential(common_passes.NameFixPass())(result)
         layers, skipped = self._layers(result)
@@ -175,12 +176,12 @@ class LowRank(ir.passes.FunctionalPass):
         before = sum(layer.dense_params for layer in layers)
         after = sum(r["params_after"] for r in report.values()) + sum(
             layer.dense_params for layer in layers if layer.node.name not in report)
-        self.statistics = {"method": self.method, "factored": factored, "layers": report, "skipped": skipped,
-                           "params_before": before, "params_after": after,
-                           "params_kept": round(after / before, 4) if before else 1.0}
+        statistics = {"method": self.method, "factored": factored, "layers": report, "skipped": skipped,
+                      "params_before": before, "params_after": after,
+                      "params_kept": round(after / before, 4) if before else 1.0}
         logger.info("lowrank: factored %d of %d candidate layers, %d -> %d parameters",
                     factored, len(layers), before, after)
-        return ir.passes.PassResult(result, modified=fingerprint(result) != fingerprint(model))
+        return PassResult(result, modified=fingerprint(result) != fingerprint(model), statistics=statistics)
 
     def _needs_statistics(self) -> bool:
         return self.method == "activation" or self.tolerance is not None
@@ -206,8 +207,8 @@ class LowRank(ir.passes.FunctionalPass):
         activations = sorted({layer.activation for layer in layers})
         axes = {name: (1 if any(l.kind == "conv1x1" and l.activation == name for l in layers) else -1)
                 for name in activations}
-        stats = self.context.collect(model, tensors=activations, channel_axes=axes, second_moments=activations,
-                                     limit=self.calibration_samples)
+        stats = self.context.statistics(model, tensors=activations, channel_axes=axes, second_moments=activations,
+                                        limit=self.calibration_samples)
         result = {}
         for name in activations:
             tensor = stats.tensors.get(name)
@@ -345,12 +346,15 @@ class LowRank(ir.passes.FunctionalPass):
             first = ir.node("MatMul", [node.inputs[0], a_value], name=f"{base}_lowrank_1")
             second = ir.node("MatMul", [first.outputs[0], b_value], name=f"{base}_lowrank_2")
         elif layer.kind == "gemm":
-            attrs = {attr.name: attr.value for attr in node.attributes.values()}
-            alpha, trans_a = attrs.get("alpha", 1.0), attrs.get("transA", 0)
-            first = ir.node("Gemm", [node.inputs[0], a_value], attributes={"alpha": float(alpha), "transA": trans_a},
-                            name=f"{base}_lowrank_1")
+            # Gemm defaults (ONNX spec): alpha = beta = 1.0, transA = 0. alpha and transA go to the
+            # first factor, beta to the second, which carries the bias.
+            attributes = node.attributes
+            first = ir.node("Gemm", [node.inputs[0], a_value], attributes={
+                "alpha": attributes.get_float("alpha", 1.0), "transA": attributes.get_int("transA", 0)},
+                name=f"{base}_lowrank_1")
             inputs = [first.outputs[0], b_value] + ([node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else [])
-            second = ir.node("Gemm", inputs, attributes={"beta": float(attrs.get("beta", 1.0))}, name=f"{base}_lowrank_2")
+            second = ir.node("Gemm", inputs, attributes={"beta": attributes.get_float("beta", 1.0)},
+                             name=f"{base}_lowrank_2")
         else:  # 1x1 Conv: weights [N, K, 1, 1]; the first conv keeps strides, pads and dilations
             attrs = {attr.name: attr.value for attr in node.attributes.values() if attr.name != "group"}
             a_value.const_value = ir.tensor(a.T[:, :, None, None].copy(), name=a_value.name)
@@ -383,13 +387,12 @@ def _as_layer(node: ir.Node) -> tuple[_Layer | None, str]:
     if node.op_type == "Gemm":
         if weight is None:
             return None, "Gemm weight is not constant"
-        trans_b = node.attributes["transB"].value if "transB" in node.attributes else 0
+        trans_b = node.attributes.get_int("transB", 0)
         return _Layer(node, "gemm", weight.T if trans_b else weight, node.inputs[0].name), ""
     if node.op_type == "Conv":
         if weight is None or weight.ndim != 4 or weight.shape[2:] != (1, 1):
             return None, ""
-        group = node.attributes["group"].value if "group" in node.attributes else 1
-        if group != 1:
+        if node.attributes.get_int("group", 1) != 1:
             return None, "grouped 1x1 Conv left alone"
         return _Layer(node, "conv1x1", weight[:, :, 0, 0].T, node.inputs[0].name), ""
     return None, ""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -9,8 +10,9 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import deflated_size, fingerprint, model_flops
-from onnxpress.passes._common import constant, require_calibration, set_initializer
+from onnxpress.passes._common import constant, set_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class _Target:
     removed: list[int] = field(default_factory=list)
 
 
-class Prune(ir.passes.FunctionalPass):
+class Prune(Pass, ir.passes.FunctionalPass):
     """Prune Conv, Gemm and MatMul weights by magnitude, activation importance or at random.
 
     Granularity:
@@ -54,20 +56,27 @@ class Prune(ir.passes.FunctionalPass):
     Criteria: ``magnitude`` (|w|), ``importance`` (|w| scaled by the input channel's RMS from
     the pipeline's activation statistics; needs calibration), ``random`` (seeded baseline).
 
-    Targets: ``sparsity`` overall, ``sparsity_by`` per op type or node name, ``skip`` node
-    names, ``skip_first_last`` (structured default: the first and last prunable layers keep
-    their channels), ``min_channels``, ``channel_multiple`` (structured: the channels kept are
+    Targets: ``sparsity`` overall, ``sparsity_by`` per op type or node name, ``exclude`` node
+    names (the old name ``skip`` is accepted, with a warning, for one release),
+    ``skip_first_last`` (structured default: the first and last prunable layers keep their
+    channels), ``min_channels``, ``channel_multiple`` (structured: the channels kept are
     rounded to a multiple of it, 8 by default, since CPU kernels work on blocks of 8 or 16
     channels and odd counts lose most of the speed the removed FLOPs promise).
     """
 
+    name = "prune"
+    aliases = {"skip": "exclude"}
+
     def __init__(self, *, criterion: Criterion = "magnitude", granularity: Granularity = "unstructured",
                  sparsity: float = 0.3, sparsity_by: dict[str, float] | None = None, scope: Literal["layer", "global"] = "layer",
-                 n: int = 2, m: int = 4, skip: list[str] | None = None, skip_first_last: bool | None = None,
+                 n: int = 2, m: int = 4, exclude: list[str] | None = None, skip_first_last: bool | None = None,
                  min_channels: int = 4, channel_multiple: int = 8, op_types: list[str] | None = None,
                  calibration_samples: int = 128,
-                 seed: int = 0) -> None:
+                 seed: int = 0, skip: list[str] | None = None) -> None:
         super().__init__()
+        if skip is not None:
+            warnings.warn("prune: option 'skip' is deprecated; use 'exclude'", DeprecationWarning, stacklevel=2)
+            exclude = skip
         if criterion not in ("magnitude", "importance", "random"):
             raise ValueError(f"prune: criterion must be magnitude, importance or random, got {criterion!r}")
         if granularity not in ("unstructured", "n:m", "structured"):
@@ -92,28 +101,25 @@ class Prune(ir.passes.FunctionalPass):
         self.scope = scope
         self.n = n
         self.m = m
-        self.skip = list(skip or [])
+        self.exclude = list(exclude or [])
         self.skip_first_last = granularity == "structured" if skip_first_last is None else skip_first_last
         self.min_channels = min_channels
         self.channel_multiple = channel_multiple
         self.op_types = list(op_types) if op_types is not None else ["Conv", "Gemm", "MatMul"]
         self.calibration_samples = calibration_samples
         self.seed = seed
-        self.context = None
-        self.statistics: dict[str, Any] = {}
 
-    def requires(self, model: ir.Model) -> None:
-        require_calibration(self, self.criterion == "importance", "prune: criterion 'importance'")
+    def needs_calibration(self, model: ir.Model) -> bool:
+        """The importance criterion weighs weights by activation statistics."""
+        return self.criterion == "importance"
 
     # ------------------------------------------------------------------------------- call
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         result = model.clone()
-        common_passes.NameFixPass()(result)
-        try:  # Flatten/Reshape rewrites and FLOP counts need shapes
-            common_passes.ShapeInferencePass()(result)
-        except ir.passes.PassError as err:
-            logger.warning("prune: shape inference failed (%s)", err)
+        # Flatten/Reshape rewrites and FLOP counts need shapes. Shape inference is best effort:
+        # when it fails it logs why and leaves the model as it was.
+        ir.passes.Sequential(common_passes.NameFixPass(), common_passes.ShapeInferencePass())(result)
         flops_before, deflated_before = model_flops(result), deflated_size(result)
         targets, skipped = self._targets(result)
         scales = self._input_scales(result, targets) if self.criterion == "importance" else {}
@@ -136,19 +142,19 @@ class Prune(ir.passes.FunctionalPass):
         common_passes.RemoveUnusedNodesPass()(result)
         total = sum(layer["params"] for layer in layers.values()) if layers else 0
         nonzero = sum(layer.get("nonzero", 0) for layer in layers.values())
-        self.statistics = {"criterion": self.criterion, "granularity": self.granularity, "layers": layers,
-                           "skipped": skipped, "pruned_layers": len(layers),
-                           "sparsity": round(1 - nonzero / total, 6) if total else 0.0,
-                           "flops_before": flops_before, "flops_after": model_flops(result),
-                           "deflated_bytes_before": deflated_before, "deflated_bytes_after": deflated_size(result)}
-        return ir.passes.PassResult(result, modified=fingerprint(result) != fingerprint(model))
+        statistics = {"criterion": self.criterion, "granularity": self.granularity, "layers": layers,
+                      "skipped": skipped, "pruned_layers": len(layers),
+                      "sparsity": round(1 - nonzero / total, 6) if total else 0.0,
+                      "flops_before": flops_before, "flops_after": model_flops(result),
+                      "deflated_bytes_before": deflated_before, "deflated_bytes_after": deflated_size(result)}
+        return PassResult(result, modified=fingerprint(result) != fingerprint(model), statistics=statistics)
 
     def _targets(self, model: ir.Model) -> tuple[list[_Target], dict[str, str]]:
         targets, skipped = [], {}
         for node in model.graph:
-            if node.op_type not in self.op_types or node.name in self.skip:
-                if node.name in self.skip:
-                    skipped[node.name] = "in skip"
+            if node.op_type not in self.op_types or node.name in self.exclude:
+                if node.name in self.exclude:
+                    skipped[node.name] = "in exclude"
                 continue
             weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
             if weight is None or node.inputs[0] is None:
@@ -156,7 +162,7 @@ class Prune(ir.passes.FunctionalPass):
             if node.op_type == "Conv" and weight.ndim >= 3:
                 target = _Target(node, weight, 0, 1, node.inputs[0].name)
             elif node.op_type == "Gemm" and weight.ndim == 2:
-                trans_b = node.attributes["transB"].value if "transB" in node.attributes else 0
+                trans_b = node.attributes.get_int("transB", 0)
                 target = _Target(node, weight, 0 if trans_b else 1, 1 if trans_b else 0, node.inputs[0].name)
             elif node.op_type == "MatMul" and weight.ndim == 2:
                 target = _Target(node, weight, 1, 0, node.inputs[0].name)
@@ -178,14 +184,14 @@ class Prune(ir.passes.FunctionalPass):
     def _input_scales(self, model: ir.Model, targets: list[_Target]) -> dict[str, np.ndarray]:
         """RMS of each input channel of the targets' activations (calibration statistics)."""
         axes = {t.activation: (1 if t.node.op_type == "Conv" else -1) for t in targets}
-        stats = self.context.collect(model, tensors=list(axes), channel_axes=axes, limit=self.calibration_samples)
+        stats = self.context.statistics(model, tensors=list(axes), channel_axes=axes, limit=self.calibration_samples)
         return {name: np.sqrt(np.maximum(stats[name].channel_mean_square(), 0.0))
                 for name in axes if name in stats and stats[name].channel_mean_square() is not None}
 
     def _output_scales(self, model: ir.Model, targets: list[_Target]) -> dict[str, np.ndarray]:
         """RMS of each output channel of the targets (how much each channel carries downstream)."""
         axes = {t.node.outputs[0].name: (1 if t.node.op_type == "Conv" else -1) for t in targets}
-        stats = self.context.collect(model, tensors=list(axes), channel_axes=axes, limit=self.calibration_samples)
+        stats = self.context.statistics(model, tensors=list(axes), channel_axes=axes, limit=self.calibration_samples)
         return {t.node.name: np.sqrt(np.maximum(stats[t.node.outputs[0].name].channel_mean_square(), 0.0))
                 for t in targets if t.node.outputs[0].name in stats
                 and stats[t.node.outputs[0].name].channel_mean_square() is not None}
@@ -296,7 +302,7 @@ def _plan(value: ir.Value, removed: list[int], channel_axis: int) -> tuple[list 
                 weight = constant(consumer.inputs[1])
                 if weight is None:
                     return None, f"consumer '{consumer.name}' has no constant weight"
-                group = consumer.attributes["group"].value if "group" in consumer.attributes else 1
+                group = consumer.attributes.get_int("group", 1)
                 if group == 1:
                     edits.append(("slice_in", consumer, (1, 1), indices))
                 elif group == weight.shape[0] and weight.shape[1] == 1:
@@ -308,11 +314,11 @@ def _plan(value: ir.Value, removed: list[int], channel_axis: int) -> tuple[list 
                 weight = constant(consumer.inputs[1])
                 if weight is None or weight.ndim != 2:
                     return None, f"consumer '{consumer.name}' has no constant 2-D weight"
-                trans_b = consumer.attributes["transB"].value if op == "Gemm" and "transB" in consumer.attributes else 0
+                trans_b = consumer.attributes.get_int("transB", 0) if op == "Gemm" else 0
                 edits.append(("slice_in", consumer, (1 if trans_b else 0, spatial), indices))
             elif op == "Concat" and spatial == 1:
                 # Concatenation shifts channel indices by the channels of the inputs before this one.
-                concat_axis = consumer.attributes["axis"].value if "axis" in consumer.attributes else 0
+                concat_axis = consumer.attributes.get_int("axis", 0)
                 rank = len(current.shape) if current.shape is not None else None
                 if rank is None or concat_axis % rank != axis % rank:
                     return None, f"Concat '{consumer.name}' joins along another axis than the channels"
@@ -326,7 +332,7 @@ def _plan(value: ir.Value, removed: list[int], channel_axis: int) -> tuple[list 
                 shape = current.shape
                 if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[2:]):
                     return None, f"'{consumer.name}' flattens channels of unknown spatial size"
-                axis = consumer.attributes["axis"].value if op == "Flatten" and "axis" in consumer.attributes else 1
+                axis = consumer.attributes.get_int("axis", 1) if op == "Flatten" else 1
                 if op == "Flatten" and axis != 1:
                     return None, f"Flatten '{consumer.name}' with axis {axis} not handled"
                 if op == "Reshape":
@@ -375,7 +381,7 @@ def _apply(model: ir.Model, node: ir.Node, out_axis: int, removed: list[int], pl
             if len(consumer.inputs) > 2 and consumer.inputs[2] is not None:
                 set_initializer(graph, consumer, 2, _slice(constant(consumer.inputs[2]), 0, indices),
                                 f"{consumer.inputs[2].name}_pruned")
-            group = consumer.attributes["group"].value - len(indices)
+            group = consumer.attributes.get_int("group", 1) - len(indices)
             consumer.attributes["group"] = ir.AttrInt64("group", group)
         elif kind == "slice_in":
             axis, spatial = extra

@@ -9,10 +9,11 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from onnxpress import _proto
+from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
-from onnxpress.passes import _calibrated
 from onnxpress.modelinfo import fingerprint
-from onnxpress.passes._common import constant, fold_batchnorm, require_calibration
+from onnxpress.passes import _calibrated
+from onnxpress.passes._common import constant, fold_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
 _ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-class Quantize(ir.passes.FunctionalPass):
+class Quantize(Pass, ir.passes.FunctionalPass):
     """Quantize weights to int8 per channel and activations to 8 bits, in ONNX Runtime's kernels.
 
     ``static`` mode inserts QuantizeLinear/DequantizeLinear pairs (QDQ) with activation ranges
@@ -57,9 +58,12 @@ class Quantize(ir.passes.FunctionalPass):
 
     Options: ``method``, ``mode``, ``preset`` (``auto`` picks ``transformer`` when the graph has
     LayerNormalization/Softmax, else ``cnn``), ``per_channel``, ``activation_type`` and
-    ``reduce_range`` (``auto``: what is fast on the host CPU), ``percentile``, ``op_types``,
+    ``reduce_range`` (``auto``: what is fast on the target's ``isa``; the host CPU only for
+    ``isa = "host"`` or without a target; the statistics record which), ``percentile``, ``op_types``,
     ``include`` / ``exclude`` (node names or op types), ``calibration_samples``.
     """
+
+    name = "quantize"
 
     def __init__(self, *, method: Method = "percentile", mode: Mode = "auto", preset: Preset = "auto",
                  per_channel: bool = True, activation_type: Literal["auto", "uint8", "int8"] = "auto",
@@ -109,15 +113,13 @@ class Quantize(ir.passes.FunctionalPass):
         self.latency_aware = latency_aware
         self.calibration_samples = calibration_samples
         self.fold_batchnorm = fold_batchnorm
-        self.context = None
-        self.statistics: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------- plan
 
-    def requires(self, model: ir.Model) -> None:
+    def needs_calibration(self, model: ir.Model) -> bool:
+        """Static mode, SmoothQuant asked for, accuracy targets and latency-aware mode need data."""
         static = self._mode(self._preset(model)) == "static"
-        needs_data = static or self._accuracy_target() or self.latency_aware
-        require_calibration(self, needs_data, "quantize: static mode, accuracy targets and latency-aware mode")
+        return static or self.smoothquant is True or self._accuracy_target() or self.latency_aware
 
     def _accuracy_target(self) -> bool:
         return self.target_cosine is not None or self.max_metric_drop is not None
@@ -131,10 +133,16 @@ class Quantize(ir.passes.FunctionalPass):
     def _mode(self, preset: str) -> str:
         return self.mode if self.mode != "auto" else ("dynamic" if preset == "transformer" else "static")
 
-    def _hardware(self) -> tuple[str, bool]:
-        from onnxpress.hardware import quantization_defaults
+    def _isa(self) -> str:
+        """The instruction set the int8 defaults are for: the bound context's target's, else the host."""
+        target = getattr(getattr(self, "context", None), "target", None)
+        return getattr(target, "isa", None) or "host"
 
-        defaults = quantization_defaults()
+    def _hardware(self) -> tuple[str, bool]:
+        """Activation type and reduce-range: the options, or for ``auto`` what suits the target's ISA."""
+        from onnxpress.hardware import quantization_defaults_for
+
+        defaults = quantization_defaults_for(self._isa())
         activation = defaults.activation_type if self.activation_type == "auto" else self.activation_type
         reduce_range = defaults.reduce_range if self.reduce_range == "auto" else bool(self.reduce_range)
         return activation, reduce_range
@@ -179,7 +187,7 @@ class Quantize(ir.passes.FunctionalPass):
 
     # ------------------------------------------------------------------------------- call
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         prepared, prep_stats = self._prepare(model)
         pristine = prepared.clone()  # float fallbacks return this: no smoothing, no bias shifts
         preset = self._preset(prepared)
@@ -190,13 +198,14 @@ class Quantize(ir.passes.FunctionalPass):
         nodes, floating = self._eligible(prepared, preset, mode)
         if not nodes:
             if any(n.op_type in _QUANTIZED_OPS for n in model.graph.all_nodes()):
-                self.statistics = {"preset": preset, "mode": mode, "quantized_nodes": 0, "float_nodes": floating,
-                                   "note": "already quantized: nothing left to quantize"}
-                return ir.passes.PassResult(model.clone(), modified=False)
+                return PassResult(model.clone(), modified=False, statistics={
+                    "preset": preset, "mode": mode, "quantized_nodes": 0, "float_nodes": floating,
+                    "note": "already quantized: nothing left to quantize"})
             raise PassError(f"quantize: no node to quantize (preset '{preset}', mode '{mode}')")
         stats: dict[str, Any] = {"preset": preset, "mode": mode, "method": self.method if mode == "static" else None,
                                  "activation_type": activation, "weight_type": "int8",
-                                 "reduce_range": reduce_range, "per_channel": self.per_channel, **prep_stats}
+                                 "reduce_range": reduce_range, "isa": self._isa(), "per_channel": self.per_channel,
+                                 **prep_stats}
         settings = dict(mode=mode, activation=activation, reduce_range=reduce_range)
         context = self.context
         reference = None
@@ -225,9 +234,8 @@ class Quantize(ir.passes.FunctionalPass):
             stats["latency"] = latency
         stats["quantized_nodes"] = len(nodes)
         stats["float_nodes"] = floating
-        self.statistics = stats
         logger.info("quantize: %d nodes quantized (%s, %s), %d left float", len(nodes), mode, preset, len(floating))
-        return ir.passes.PassResult(candidate, modified=fingerprint(candidate) != fingerprint(model))
+        return PassResult(candidate, modified=fingerprint(candidate) != fingerprint(model), statistics=stats)
 
     def _prepare(self, model: ir.Model) -> tuple[ir.Model, dict[str, Any]]:
         """A copy at opset >= 13 with batch norms folded and shapes inferred."""
@@ -243,19 +251,16 @@ class Quantize(ir.passes.FunctionalPass):
             prepared = model.clone()
         if self.fold_batchnorm:
             stats["batchnorm_folded"] = fold_batchnorm(prepared)
-        ir.passes.Sequential(common_passes.RemoveUnusedNodesPass(), common_passes.NameFixPass())(prepared)
-        try:
-            common_passes.ShapeInferencePass()(prepared)
-        except ir.passes.PassError as err:  # best effort: ORT's quantizer copes with partial shapes
-            logger.warning("quantize: shape inference failed (%s)", err)
+        # Shape inference is best effort (it logs and leaves the model as it was when it fails):
+        # ONNX Runtime's quantizer copes with partial shapes.
+        ir.passes.Sequential(common_passes.RemoveUnusedNodesPass(), common_passes.NameFixPass(),
+                             common_passes.ShapeInferencePass())(prepared)
         return prepared, stats
 
     def _wants_smoothquant(self, preset: str) -> bool:
         if self.smoothquant == "auto":
             return preset == "transformer" and self.context is not None and self.context.calibration is not None
-        if self.smoothquant and (self.context is None or self.context.calibration is None):
-            raise PassError("quantize: smoothquant needs calibration data")
-        return bool(self.smoothquant)
+        return bool(self.smoothquant)  # True: needs_calibration made sure there is data
 
     def _search_alpha(self, preset: str) -> bool:
         return self._wants_smoothquant(preset) and self.smoothquant_alpha is None
@@ -264,8 +269,8 @@ class Quantize(ir.passes.FunctionalPass):
         groups = _calibrated.matmul_groups(model, set(nodes))
         if not groups:
             return model, None, []
-        stats = self.context.collect(model, tensors=list(groups), channel_axes={a: -1 for a in groups},
-                                     limit=self.calibration_samples)
+        stats = self.context.statistics(model, tensors=list(groups), channel_axes={a: -1 for a in groups},
+                                        limit=self.calibration_samples)
         if self.smoothquant_alpha is not None:
             smoothed = model.clone()
             _calibrated.smooth(smoothed, groups, stats, self.smoothquant_alpha)
@@ -297,10 +302,10 @@ class Quantize(ir.passes.FunctionalPass):
             probes = _calibrated.error_probes(probed, [probed_nodes[n.name] for n in targets], reduce_range)
             if probes:
                 axes = {probe: 1 if by_name[name].op_type == "Conv" else -1 for name, probe in probes.items()}
-                shifts = self.context.collect(probed, tensors=list(axes), channel_axes=axes,
-                                              limit=self.calibration_samples)
+                shifts = self.context.statistics(probed, tensors=list(axes), channel_axes=axes,
+                                                 limit=self.calibration_samples)
                 corrected = _calibrated.correct_biases(model, targets, probes, shifts)
-        stats = self.context.collect(model, limit=self.calibration_samples)
+        stats = self.context.statistics(model, limit=self.calibration_samples)
         ranges = stats.ranges(self.method, self.percentile)
         for output in model.graph.outputs:  # clipping what the model returns distorts it directly
             if output.name in stats:
@@ -466,8 +471,7 @@ def _latency_groups(by_name: dict[str, ir.Node], nodes: list[str]) -> dict[str, 
         kind = node.op_type
         if node.op_type == "Conv":
             weight = constant(node.inputs[1])
-            group_attr = node.attributes.get("group")
-            group = group_attr.value if group_attr is not None else 1
+            group = node.attributes.get_int("group", 1)
             if weight is not None and group > 1 and group == weight.shape[0]:
                 kind = "depthwise Conv"
             elif weight is not None and weight[0].size * weight.shape[0] < 4096:

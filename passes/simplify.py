@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from onnxpress import _proto, sandbox
+from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
 from onnxpress.modelinfo import fingerprint, node_count, op_histogram
 
@@ -16,19 +18,20 @@ logger = logging.getLogger(__name__)
 Engine = Literal["auto", "onnxsim", "onnx-ir"]
 
 
-class Simplify(ir.passes.FunctionalPass):
+class Simplify(Pass, ir.passes.FunctionalPass):
     """Fold constants, infer shapes, fuse and remove dead nodes; outputs stay the same.
 
     The work is done by onnxsim on an in-memory copy of the model. Where onnxsim cannot run
     (a model past the 2 GB protobuf limit, an op it cannot fold, a crash inside it) the pass
-    falls back to onnxscript's constant folding and onnx-ir's dead-code, identity and common
-    subexpression passes, and records why in its statistics.
+    falls back to onnxscript's optimizer (constant folding, its rewrite rules, dead-code,
+    identity and common subexpression removal), and records why in its statistics.
 
     Options:
         fold_limit_bytes: constants larger than this are not materialised by folding (a
             ConstantOfShape producing a large weight stays a node, so the file does not grow;
             ONNX Runtime folds it at session creation anyway).
-        fuse_bn: let onnxsim fuse BatchNormalization into the preceding Conv.
+        fold_batchnorm: let onnxsim fuse BatchNormalization into the preceding Conv (the old
+            name ``fuse_bn`` is accepted, with a warning, for one release).
         engine: ``auto`` (onnxsim, then the fallback), ``onnxsim`` (fail instead of falling
             back) or ``onnx-ir`` (the fallback only).
 
@@ -36,21 +39,26 @@ class Simplify(ir.passes.FunctionalPass):
     if outputs change beyond float rounding.
     """
 
+    name = "simplify"
     lossless = True
+    aliases = {"fuse_bn": "fold_batchnorm"}
 
-    def __init__(self, *, fold_limit_bytes: int = 16 * 2**20, fuse_bn: bool = True,
-                 engine: Engine = "auto") -> None:
+    def __init__(self, *, fold_limit_bytes: int = 16 * 2**20, fold_batchnorm: bool = True,
+                 engine: Engine = "auto", fuse_bn: bool | None = None) -> None:
         super().__init__()
+        if fuse_bn is not None:
+            warnings.warn("simplify: option 'fuse_bn' is deprecated; use 'fold_batchnorm'",
+                          DeprecationWarning, stacklevel=2)
+            fold_batchnorm = fuse_bn
         if fold_limit_bytes < 0:
             raise ValueError(f"simplify: fold_limit_bytes must be >= 0, got {fold_limit_bytes}")
         if engine not in ("auto", "onnxsim", "onnx-ir"):
             raise ValueError(f"simplify: engine must be 'auto', 'onnxsim' or 'onnx-ir', got {engine!r}")
         self.fold_limit_bytes = fold_limit_bytes
-        self.fuse_bn = fuse_bn
+        self.fold_batchnorm = fold_batchnorm
         self.engine = engine
-        self.statistics: dict = {}
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         before_print = fingerprint(model)
         before_ops = op_histogram(model)
         nodes_before = node_count(model)
@@ -75,19 +83,18 @@ class Simplify(ir.passes.FunctionalPass):
         after_ops = op_histogram(result)
         removed = {op: before_ops[op] - after_ops.get(op, 0) for op in before_ops
                    if before_ops[op] > after_ops.get(op, 0)}
-        self.statistics = {
+        statistics = {
             "engine": "onnxsim" if fallback_reason is None and self.engine != "onnx-ir" else "onnx-ir",
             "fallback_reason": fallback_reason,
             "nodes_removed": nodes_before - node_count(result),
             "ops_removed": removed,
         }
         modified = fingerprint(result) != before_print
-        logger.info("simplify: %d -> %d nodes (%s)", nodes_before, node_count(result),
-                    self.statistics["engine"])
-        return ir.passes.PassResult(result, modified=modified)
+        logger.info("simplify: %d -> %d nodes (%s)", nodes_before, node_count(result), statistics["engine"])
+        return PassResult(result, modified=modified, statistics=statistics)
 
     def _onnxsim(self, model: ir.Model) -> ir.Model:
-        options = {"skip_fuse_bn": not self.fuse_bn, "tensor_size_threshold": f"{self.fold_limit_bytes}B"}
+        options = {"skip_fuse_bn": not self.fold_batchnorm, "tensor_size_threshold": f"{self.fold_limit_bytes}B"}
         if sandbox.current() is None:
             return _proto.from_proto(_run_onnxsim(_proto.to_proto(model), options))
         # Under limits (the CLI): onnxsim runs in a limited child process; bytes cross over.
@@ -97,19 +104,41 @@ class Simplify(ir.passes.FunctionalPass):
 
 
     def _fallback(self, model: ir.Model) -> ir.Model:
-        import onnxscript.optimizer
+        """onnxscript's ``optimize_ir`` pipeline on a copy, folding batch norms only if asked.
+
+        ``optimize_ir`` takes no rewrite rules and its default rules fold batch norms, so its
+        list is spelled out here (as in onnxscript 0.7's ``optimizer/_optimizer.py``) with the
+        rules chosen. Its constant folding already removes Identity nodes (a graph output keeps
+        the one that gives it its own name) and it ends with common subexpression and dead-code
+        removal, so nothing runs after it.
+        """
+        from onnxscript import rewriter
+        from onnxscript.optimizer._constant_folding import FoldConstantsPass
+
+        from onnxpress.passes._common import batchnorm_rules
 
         result = model.clone()
         # onnxscript's limits count elements; fold only constants within the byte limit.
         elements = max(1, self.fold_limit_bytes // 4)
-        onnxscript.optimizer.optimize_ir(result, input_size_limit=elements, output_size_limit=elements,
-                                         onnx_shape_inference=_proto.fits_in_protobuf(result))
+        rules = [rule for rule in rewriter._DEFAULT_REWRITE_RULES
+                 if self.fold_batchnorm or rule not in batchnorm_rules()]
         ir.passes.Sequential(
-            common_passes.IdentityEliminationPass(),
-            common_passes.CommonSubexpressionEliminationPass(),
+            common_passes.InlinePass(),
+            ir.passes.PassManager([
+                FoldConstantsPass(shape_inference=_proto.fits_in_protobuf(result), input_size_limit=elements,
+                                  output_size_limit=elements),
+                rewriter.RewritePass(rules),
+                common_passes.RemoveUnusedNodesPass(),
+                common_passes.RemoveUnusedFunctionsPass(),
+                common_passes.RemoveUnusedOpsetsPass(),
+            ], steps=2, early_stop=True),
             common_passes.RemoveUnusedNodesPass(),
-            common_passes.RemoveUnusedFunctionsPass(),
-            common_passes.RemoveUnusedOpsetsPass(),
+            common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common_passes.LiftSubgraphInitializersToMainGraphPass(),
+            common_passes.DeduplicateInitializersPass(),
+            common_passes.CommonSubexpressionEliminationPass(),
+            common_passes.OutputFixPass(),
+            common_passes.NameFixPass(),
         )(result)
         return result
 

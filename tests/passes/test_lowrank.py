@@ -38,15 +38,14 @@ def _feeds(k: int, count: int = 8, seed: int = 1, batch: int = 4) -> list[dict]:
 def test_factor_shapes_and_exact_reconstruction_of_a_low_rank_weight():
     weight = _low_rank_weight(64, 96, rank=8)
     model = _matmul_model(weight)
-    lowrank = ox.passes.LowRank(rank=8)
-    result = lowrank(model)
+    result = ox.passes.LowRank(rank=8)(model)
     assert result.modified
     ops = [(n.op_type, tuple(n.inputs[1].const_value.shape)) for n in result.model.graph]
     assert ops == [("MatMul", (64, 8)), ("MatMul", (8, 96))]
     assert result.model.graph.outputs[0].name == "y"
     for feed in _feeds(64):
         np.testing.assert_allclose(ort_run(result.model, feed)[0], ort_run(model, feed)[0], rtol=1e-4, atol=1e-4)
-    layer = lowrank.statistics["layers"]["mm"]
+    layer = result.statistics["layers"]["mm"]
     assert layer["rank"] == 8 and layer["energy_kept"] > 0.99999 and layer["relative_error"] < 1e-5
     assert layer["params_before"] == 64 * 96 and layer["params_after"] == 8 * (64 + 96)
     onnx_check(result.model)
@@ -54,13 +53,11 @@ def test_factor_shapes_and_exact_reconstruction_of_a_low_rank_weight():
 
 def test_layers_where_factoring_would_not_pay_are_skipped():
     model = _matmul_model(_low_rank_weight(64, 64, rank=64, seed=2))
-    lowrank = ox.passes.LowRank(rank=40)  # 40 * 128 > 64 * 64 * 0.9
-    result = lowrank(model)
+    result = ox.passes.LowRank(rank=40)(model)  # 40 * 128 > 64 * 64 * 0.9
     assert result.modified is False
-    assert "would not save" in lowrank.statistics["skipped"]["mm"]
+    assert "would not save" in result.statistics["skipped"]["mm"]
     assert [n.op_type for n in result.model.graph] == ["MatMul"]
-    tiny = ox.passes.LowRank(rank=1)
-    tiny(_matmul_model(_low_rank_weight(8, 8, rank=2)))
+    tiny = ox.passes.LowRank(rank=1)(_matmul_model(_low_rank_weight(8, 8, rank=2)))
     assert "fewer than min_elements" in tiny.statistics["skipped"]["mm"]
 
 
@@ -108,9 +105,9 @@ def test_batched_matmul_weights_are_left_alone():
     {{ y = MatMul(x, w) }}
     """)
     model.graph.node(0).name = "batched"
-    lowrank = ox.passes.LowRank(rank=2)
-    assert lowrank(model).modified is False
-    assert "batched MatMul" in lowrank.statistics["skipped"]["batched"]
+    result = ox.passes.LowRank(rank=2)(model)
+    assert result.modified is False
+    assert "batched MatMul" in result.statistics["skipped"]["batched"]
 
 
 def test_activation_aware_beats_plain_svd_at_the_same_rank():
@@ -130,6 +127,19 @@ def test_activation_aware_beats_plain_svd_at_the_same_rank():
     assert errors["activation"] < 0.3 * errors["svd"]
 
 
+def test_a_pass_runs_in_a_context_built_by_hand():
+    from onnxpress.calibration import from_feeds
+    from onnxpress.context import PassContext
+    from onnxpress.runtime import Runner
+
+    model = _matmul_model(_low_rank_weight(64, 96, rank=8, noise=0.01))
+    lowrank = ox.passes.LowRank(method="activation", rank=8)
+    context = PassContext(runner=Runner("cpu"), calibration=from_feeds(_feeds(64)))
+    result = lowrank.run_in(context, model)
+    assert result.modified and result.statistics["layers"]["mm"]["output_error_measured"]
+    assert lowrank.context is None  # bound only while it runs
+
+
 def test_rank_selection_by_energy_ratio_tolerance_and_budget():
     weights = {"big": _low_rank_weight(96, 128, rank=12, noise=0.01, seed=6),
                "small": _low_rank_weight(96, 64, rank=30, noise=0.01, seed=7)}
@@ -141,21 +151,17 @@ def test_rank_selection_by_energy_ratio_tolerance_and_budget():
        z = MatMul(x, w2) }}
     """)
     model.graph.node(0).name, model.graph.node(1).name = "big", "small"
-    energy = ox.passes.LowRank(energy=0.999)
-    energy(model.clone())
+    energy = ox.passes.LowRank(energy=0.999)(model.clone())
     assert energy.statistics["layers"]["big"]["rank"] <= 14 and energy.statistics["layers"]["big"]["energy_kept"] >= 0.999
-    ratio = ox.passes.LowRank(rank_ratio=0.25)
-    ratio(model.clone())
+    ratio = ox.passes.LowRank(rank_ratio=0.25)(model.clone())
     assert ratio.statistics["layers"]["big"]["rank"] == 24
-    budget = ox.passes.LowRank(budget=0.4)
-    budget(model.clone())
-    stats = budget.statistics
+    stats = ox.passes.LowRank(budget=0.4)(model.clone()).statistics
     assert stats["params_after"] <= 0.4 * stats["params_before"] + 96 + 128
     # The allocation gives the layer that needs more rank more of the budget.
     assert stats["layers"]["small"]["rank"] > stats["layers"]["big"]["rank"] * 1.5
     calib = _feeds(96, count=10)
-    tolerance = ox.passes.LowRank(method="activation", tolerance=0.05)
-    ox.Pipeline([tolerance], golden_samples=0).run(model, calibration=calib)
+    tolerance = ox.Pipeline([ox.passes.LowRank(method="activation", tolerance=0.05)], golden_samples=0).run(
+        model, calibration=calib).records[0]
     assert all(layer["relative_error"] <= 0.05 for layer in tolerance.statistics["layers"].values())
 
 
@@ -178,8 +184,10 @@ def test_randomized_svd_matches_the_exact_top_triplets(rng):
 
 def test_activation_method_needs_calibration():
     model = _matmul_model(_low_rank_weight(64, 96, rank=8))
-    with pytest.raises(ox.PipelineError, match="lowrank: method 'activation' and a tolerance: calibration data needed"):
+    with pytest.raises(ox.PipelineError, match="lowrank: calibration data needed"):
         ox.Pipeline([ox.passes.LowRank(method="activation", rank=4)]).run(model)
+    with pytest.raises(ir.passes.PreconditionError, match="lowrank: calibration data needed"):
+        ox.passes.LowRank(tolerance=0.05)(model)  # called directly, without a context
 
 
 @pytest.mark.parametrize("options, message", [
@@ -204,7 +212,7 @@ def test_lowrank_then_quantize_in_one_recipe(tmp_path):
     (tmp_path / "r.toml").write_text('[calibration]\nsource = "calib.npz"\nbatch_size = 4\n'
                                      '[[passes]]\nname = "lowrank"\nmethod = "activation"\nbudget = 0.3\n'
                                      '[[passes]]\nname = "quantize"\npreset = "transformer"\n')
-    result = load_recipe(tmp_path / "r.toml").pipeline().run(model)
+    result = ox.Pipeline.from_recipe(load_recipe(tmp_path / "r.toml")).run(model)
     lowrank, quantize = result.records
     assert lowrank.statistics["factored"] == 1 and quantize.kernels["int8"] == 2
     assert quantize.cosine > 0.99
@@ -235,7 +243,7 @@ def test_budget_allocation_weighs_layers_by_measured_sensitivity():
         lowrank = ox.passes.LowRank(method="activation", budget=0.4, measure_sensitivity=measure)
         result = ox.Pipeline([lowrank], golden_samples=0).run(model, calibration=calib)
         diff = [ort_run(result.model, f)[0] - ort_run(model, f)[0] for f in held_out]
-        results[measure] = (lowrank.statistics["layers"], float(np.sqrt(np.mean(np.square(diff)))))
+        results[measure] = (result.records[0].statistics["layers"], float(np.sqrt(np.mean(np.square(diff)))))
     measured, blind = results[True][0], results[False][0]
     assert all(layer["sensitivity"] == 1.0 for layer in blind.values())
     sensitive = max(measured, key=lambda name: measured[name]["sensitivity"])
