@@ -26,8 +26,7 @@ _EXPORTS = {
     "Pass": "onnxpress.context", "PassContext": "onnxpress.context", "PassResult": "onnxpress.context",
     "PassRecord": "onnxpress.pipeline", "Pipeline": "onnxpress.pipeline", "PipelineResult": "onnxpress.pipeline",
     "Runner": "onnxpress.runtime", "ValidationReport": "onnxpress.report",
-    "export": "onnxpress.export", "inspect": "onnxpress.summary", "load": "onnxpress.io", "save": "onnxpress.io",
-    "validate": "onnxpress.validate",
+    "inspect": "onnxpress.summary", "load": "onnxpress.io", "save": "onnxpress.io",
 }
 _MODULES = ("calibration", "passes", "targets", "statistics", "runtime", "sandbox")
 
@@ -49,15 +48,21 @@ def __dir__() -> list[str]:
     return __all__
 
 
+# ``export`` and ``validate`` are functions named like their modules: importing a submodule
+# binds its name on the package, so they are bound here, right after their modules' first import.
+from onnxpress.export import export  # noqa: E402
+from onnxpress.validate import validate  # noqa: E402
+
+__all__ += ["export", "validate"]
+
+
 if TYPE_CHECKING:
     from onnxpress import calibration, passes, runtime, sandbox, statistics, targets
     from onnxpress.context import Pass, PassContext, PassResult
     from onnxpress.errors import (DataError, ExportError, ModelError, OnnxpressError, PassError,
                                   PipelineError, ProviderError, RecipeError)
-    from onnxpress.export import export
     from onnxpress.io import load, save
     from onnxpress.pipeline import PassRecord, Pipeline, PipelineResult
     from onnxpress.report import ValidationReport
     from onnxpress.runtime import Runner
     from onnxpress.summary import inspect
-    from onnxpress.validate import validate

@@ -36,6 +36,7 @@ never builds sessions, reads files or prints; it returns its statistics in its
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
@@ -123,8 +124,21 @@ class PassContext:
         key = (fingerprint(model, content=True), repr(sorted(request.items())))
         if key not in self._statistics:
             self._statistics[key] = collect(model, self.calibration, runner=self.runner,
-                                            progress=self.progress, **request)
+                                            progress=self._every(2.0, "statistics"), **request)
         return self._statistics[key]
+
+    def _every(self, seconds: float, what: str) -> Callable[[int, int | None], None] | None:
+        """A ``(done, total)`` callback that says how far ``what`` got, at most every ``seconds``."""
+        if self.progress is None:
+            return None
+        last = [time.monotonic()]
+
+        def tell(done: int, total: int | None) -> None:
+            if time.monotonic() - last[0] >= seconds or done == total:
+                last[0] = time.monotonic()
+                self.say(f"{what}: {done}/{total if total is not None else '?'} samples")
+
+        return tell
 
     def outputs(self, model: ir.Model, feeds: Sequence[Feed] | None = None) -> list[dict[str, np.ndarray]]:
         """The model's outputs on ``feeds`` (default: the evaluation data)."""

@@ -11,7 +11,6 @@ aware pruning and low-rank factorization). Samples may differ in shape.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -210,7 +209,7 @@ class ActivationStats:
 def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
             tensors: Sequence[str] | None = None, channel_axes: Mapping[str, int] | None = None,
             second_moments: Iterable[str] = (), bins: int = DEFAULT_BINS, limit: int | None = None,
-            progress: Callable[[str], None] | None = None, runner: Any = None) -> ActivationStats:
+            progress: Callable[[int, int | None], None] | None = None, runner: Any = None) -> ActivationStats:
     """Run ``model`` on each calibration sample and gather statistics of the chosen tensors.
 
     Args:
@@ -221,7 +220,7 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         second_moments: tensors whose full channel second-moment matrix is kept.
         bins: histogram bins per sign.
         limit: stop after this many samples.
-        progress: called with a message now and then (about every two seconds).
+        progress: called as ``progress(done, total)`` after each sample.
         runner: the ``Runner`` whose target's providers run the model (the CPU by default).
     """
     exposed, order = modelinfo.expose_intermediates(model, tensors, include_inputs=True)
@@ -235,7 +234,6 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
         total = min(total, limit)
     done = 0
     runner = runner if runner is not None else runtime.Runner("cpu")
-    told = time.monotonic()
     # Basic optimisation only: fusions would swallow the tensors being collected.
     with runner.session(exposed, optimization="basic") as session:
         wanted = [n for n in session.output_names if n in stats]
@@ -249,9 +247,8 @@ def collect(model: ir.Model, calibration: Iterable[Mapping[str, np.ndarray]], *,
                 if spec_name in stats:
                     stats[spec_name].update(feed[spec_name])
             done += 1
-            if progress and time.monotonic() - told > 2.0:
-                told = time.monotonic()
-                progress(f"statistics: {done}/{total if total is not None else '?'} samples")
+            if progress:
+                progress(done, total)
     for tensor in stats.values():
         tensor.flush()
     if done == 0:
