@@ -189,3 +189,13 @@ def all_nodes(proto: onnx.ModelProto):
     yield from from_graph(proto.graph.node)
     for function in proto.functions:
         yield from from_graph(function.node)
+
+
+def defines_function(op_type: str, domain: str, opset: int) -> bool:
+    """Whether the ONNX operator schema of ``op_type`` at ``opset`` has a function body (such an
+    op runs as its body where a runtime has no kernel of its own: HardSwish, Gelu, ...)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)

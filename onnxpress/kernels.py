@@ -1,8 +1,10 @@
 """Which nodes an execution provider has no kernel for, read from ONNX Runtime's kernel registry.
 
-ONNX Runtime silently hands a node its preferred provider cannot run to the next one (usually
-the CPU). This finds those nodes before any session exists, by matching each node's op, domain,
-opset version and input types against the kernels the installed build registers.
+Where a model really ran is read from a built session (``Runner.placement``); this module
+explains a session that could not be built, by matching each node's op, domain, opset version
+and input types against the kernels the installed build registers. Nodes ONNX Runtime never
+needs a kernel for are not named: Constant nodes (turned into initializers) and ops whose
+ONNX schema has a function body (inlined where no kernel exists, e.g. HardSwish).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import sys
 from dataclasses import dataclass
 
 import onnx_ir as ir
+
+from onnxpress import _proto
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -139,6 +143,8 @@ def _why_unplaced(model: ir.Model, node: ir.Node, provider: str) -> str | None:
         return f"operator does not exist at opset {opset}"
     since, formals = applicable[-1]
     kernels = [k for k in _kernels(provider).get((domain, node.op_type), []) if k[0] <= since <= k[1]]
+    if not kernels and (node.op_type == "Constant" or _proto.defines_function(node.op_type, domain, opset)):
+        return None  # a Constant becomes an initializer; a function op runs as its body
     if not kernels:
         return f"no {provider} kernel for opset {since}"
     bound = _bind_types(node, formals)
