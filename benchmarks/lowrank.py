@@ -19,7 +19,6 @@ from onnxpress import runtime, targets
 from onnxpress.metrics import compare
 from onnxpress.samples import minilm
 from onnxpress.modelinfo import saved_size as model_size
-from onnxpress.validate import measure
 
 
 def _say(message: str) -> None:
@@ -47,7 +46,7 @@ def main() -> None:
     profile = targets.load("cpu")
     one_thread = targets.Target(**{**profile.__dict__, "intra_op_threads": 1})
     feed = evaluation[5]
-    fp32_latency = measure(model, feed, one_thread).median_ms
+    fp32_latency = runtime.Runner(one_thread).latency(model, feed).median_ms
     fp32_size = model_size(model)
     rows = [("fp32", "-", 1.0, fp32_size, fp32_latency, 0.0, 1.0)]
     for share in (float(s) for s in args.shares.split(",")):
@@ -66,8 +65,8 @@ def main() -> None:
             seconds = time.perf_counter() - start
             outputs = runtime.run_model(result.model, evaluation)
             cosine = compare(reference, outputs)["sentence_embedding"].cosine
-            latency = measure(result.model, feed, one_thread).median_ms
-            kept = lowrank.statistics["params_kept"]
+            latency = runtime.Runner(one_thread).latency(result.model, feed).median_ms
+            kept = result.records[0].statistics["params_kept"]
             rows.append((name, f"{share:.0%}", kept, model_size(result.model), latency, seconds, cosine))
     print(f"{'variant':<24}{'budget':>8}{'kept':>7}{'size MB':>9}{'size x':>8}{'lat ms':>8}{'speed x':>8}"
           f"{'pass s':>8}{'cosine':>9}")

@@ -20,7 +20,6 @@ import onnxpress as ox
 from onnxpress import runtime, samples, targets
 from onnxpress.metrics import accuracy, compare
 from onnxpress.modelinfo import saved_size as model_size
-from onnxpress.validate import measure
 
 
 def _say(message: str) -> None:
@@ -34,7 +33,7 @@ def _latency(models: list, feed: dict, rounds: int = 5) -> list[float]:
     results = [[] for _ in models]
     for _ in range(rounds):
         for index, model in enumerate(models):
-            results[index].append(measure(model, feed, one_thread).median_ms)
+            results[index].append(runtime.Runner(one_thread).latency(model, feed).median_ms)
     return [statistics.median(r) for r in results]
 
 
@@ -55,8 +54,8 @@ def structured_speed() -> None:
     for name, model, calibration, feed in cases:
         _say(f"[{name}] pruning ...")
         prune = ox.passes.Prune(granularity="structured", criterion="importance", sparsity=0.3)
-        pruned = ox.Pipeline([prune], golden_samples=2).run(model, calibration=calibration).model
-        stats = prune.statistics
+        outcome = ox.Pipeline([prune], golden_samples=2).run(model, calibration=calibration)
+        pruned, stats = outcome.model, outcome.records[0].statistics
         _say(f"[{name}] timing ...")
         dense_ms, pruned_ms = _latency([model, pruned], feed)
         print(f"{name:<12}{'dense':<10}{stats['flops_before'] / 1e6:>9.1f}{model_size(model) / 2**20:>9.2f}"
@@ -99,8 +98,9 @@ def criteria() -> None:
             else:
                 result = ox.Pipeline([prune], golden_samples=0).run(digits, calibration=calibration)
                 row.append(accuracy(runtime.run_model(result.model, evaluation), labels))
-            if criterion == "importance" and prune.statistics["deflated_bytes_before"]:
-                deflate = prune.statistics["deflated_bytes_after"] / prune.statistics["deflated_bytes_before"]
+            stats = result.records[0].statistics
+            if criterion == "importance" and stats["deflated_bytes_before"]:
+                deflate = stats["deflated_bytes_after"] / stats["deflated_bytes_before"]
         print(f"{model_name:<12}{setting:<20}{row[0]:>12.4f}{row[1]:>12.4f}{row[2]:>12.4f}"
               f"{'' if deflate is None else f'{deflate:.2f}':>11}")
 

@@ -307,8 +307,7 @@ def time_rows(case: Case, rows: list[Row], settings: Settings) -> None:
     """Median latency of each row's model at 1 and 2 threads, interleaved over rounds."""
     import onnxpress as ox
     from onnxpress import runtime, targets
-    from onnxpress.validate import measure
-
+    
     cpu = targets.load("cpu")
     models = {row.label: ox.load(row.path) for row in rows if not row.error}
     for _ in range(settings.rounds):
@@ -319,7 +318,7 @@ def time_rows(case: Case, rows: list[Row], settings: Settings) -> None:
                 if row.error:
                     continue
                 try:
-                    row.latency_ms[threads].append(measure(models[row.label], case.feed, profile).median_ms)
+                    row.latency_ms[threads].append(runtime.Runner(profile).latency(models[row.label], case.feed).median_ms)
                 except runtime.ort_errors() as err:
                     row.error = f"ONNX Runtime cannot run the result: {str(err).strip().splitlines()[0]}"
 
@@ -336,7 +335,7 @@ def score_rows(case: Case, rows: list[Row]) -> None:
         model = ox.load(row.path)
         row.size_mb = row.path.stat().st_size / _MB
         try:
-            census = runtime.kernel_census(model)
+            census = runtime.Runner("cpu").kernel_census(model)
             outputs = runtime.run_model(model, case.evaluation)
         except runtime.ort_errors() as err:
             row.error = f"ONNX Runtime cannot run the result: {str(err).strip().splitlines()[0]}"

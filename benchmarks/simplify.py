@@ -18,7 +18,6 @@ import onnxsim
 
 import onnxpress as ox
 from onnxpress import feeds, runtime, targets
-from onnxpress.validate import measure
 
 
 def main() -> None:
@@ -38,8 +37,8 @@ def main() -> None:
         peer, _ = onnxsim.simplify(proto, check_n=0)
         peer_s = time.perf_counter() - start
         feed = feeds.random_feeds(model, 1)[0]
-        before = measure(model, feed, profile).median_ms
-        after = measure(ours, feed, profile).median_ms
+        before = runtime.Runner(profile).latency(model, feed).median_ms
+        after = runtime.Runner(profile).latency(ours, feed).median_ms
         time_ratios.append(ours_s / peer_s)
         speedups.append(before / after)
         print(f"{path.stem:<22}{ours_s:>8.2f}{peer_s:>10.2f}{ours_s / peer_s:>7.2f}"

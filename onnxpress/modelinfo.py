@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import weakref
 import zlib
 from typing import Iterable
@@ -67,7 +68,9 @@ def fingerprint(model: ir.Model, *, content: bool = False) -> str:
 
 
 # Content digests by tensor object: tensors are shared between clones and not edited in place
-# (passes give nodes new tensors), so each is hashed once while it lives.
+# (passes give nodes new tensors), so each is hashed once while it lives. A tensor in external
+# data is named by where its bytes lie (file identity, offset, length), not read: hashing it
+# would page the whole file into memory, which large models cannot afford.
 _DIGESTS: dict[int, tuple[weakref.ref, str]] = {}
 
 
@@ -75,7 +78,13 @@ def _tensor_digest(tensor) -> str:
     entry = _DIGESTS.get(id(tensor))
     if entry is not None and entry[0]() is tensor:
         return entry[1]
-    digest = hashlib.blake2b(tensor.tobytes(), digest_size=16).hexdigest()
+    if isinstance(tensor, ir.ExternalTensor):
+        info = os.stat(tensor.path)
+        where = (os.path.realpath(tensor.path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns,
+                 tensor.offset, tensor.length)
+        digest = hashlib.blake2b(repr(where).encode(), digest_size=16).hexdigest()
+    else:
+        digest = hashlib.blake2b(tensor.tobytes(), digest_size=16).hexdigest()
     try:
         key = id(tensor)
         _DIGESTS[key] = (weakref.ref(tensor, lambda _, k=key: _DIGESTS.pop(k, None)), digest)

@@ -207,13 +207,7 @@ def call(target: str, *args: Any, what: str, address_space: bool = True) -> Any:
     if scope is None:
         module_name, _, name = target.partition(":")
         return getattr(importlib.import_module(module_name), name)(*args)
-    status, payload = scope.worker(address_space).call(target, args, what)
-    if status == "ok":
-        return payload
-    if status == "memory":
-        raise ResourceLimitError(f"{what} ran out of memory (limit {scope.limits.memory_bytes / 2**30:.1f} GiB)")
-    kind, message = payload
-    raise SandboxedError(what, kind, message)
+    return _outcome(*scope.worker(address_space).call(target, args, what), what, scope.limits)
 
 
 def call_fresh(target: str, *args: Any, what: str, seconds: float = 600.0) -> Any:
@@ -226,13 +220,18 @@ def call_fresh(target: str, *args: Any, what: str, seconds: float = 600.0) -> An
     limits = scope.limits if scope is not None else Limits(seconds=seconds)
     worker = _Worker(limits, address_space=False)
     try:
-        status, payload = worker.call(target, args, what)
+        return _outcome(*worker.call(target, args, what), what, limits)
     finally:
         worker.close()
+
+
+def _outcome(status: str, payload: Any, what: str, limits: Limits) -> Any:
+    """The result a worker sent, or the error it stands for."""
     if status == "ok":
         return payload
     if status == "memory":
-        raise ResourceLimitError(f"{what} ran out of memory")
+        limit = f" (limit {limits.memory_bytes / 2**30:.1f} GiB)" if limits.memory_bytes else ""
+        raise ResourceLimitError(f"{what} ran out of memory{limit}")
     kind, message = payload
     raise SandboxedError(what, kind, message)
 

@@ -78,3 +78,11 @@ def fold_batchnorm(model: ir.Model) -> int:
                 node.name = producers[node.outputs[0].name]
     return folded
 
+
+def reject_option(bad: bool, pass_name: str, option: str, rule: str, value: object) -> None:
+    """Raise ``ValueError("<pass>: <option> must be <rule>, got <value>")`` when ``bad``.
+
+    The one shape of a pass's option check, so every pass words a bad option alike.
+    """
+    if bad:
+        raise ValueError(f"{pass_name}: {option} must be {rule}, got {value!r}")

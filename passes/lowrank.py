@@ -11,7 +11,7 @@ import onnx_ir.passes.common as common_passes
 
 from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import fingerprint
-from onnxpress.passes._common import constant
+from onnxpress.passes._common import constant, reject_option
 
 logger = logging.getLogger(__name__)
 
@@ -90,27 +90,21 @@ class LowRank(Pass, ir.passes.FunctionalPass):
                  randomized: bool = True, measure_sensitivity: bool = True, sensitivity_rounds: int = 2,
                  seed: int = 0) -> None:
         super().__init__()
-        if method not in ("svd", "activation"):
-            raise ValueError(f"lowrank: method must be 'svd' or 'activation', got {method!r}")
+        reject_option(method not in ("svd", "activation"), "lowrank", "method", "'svd' or 'activation'", method)
         chosen = [name for name, value in (("rank", rank), ("rank_ratio", rank_ratio), ("energy", energy),
                                            ("budget", budget), ("tolerance", tolerance)) if value is not None]
         if len(chosen) > 1:
             raise ValueError(f"lowrank: give one rank selection, got {', '.join(chosen)}")
         if not chosen:
             budget = 0.5
-        if rank is not None and rank < 1:
-            raise ValueError(f"lowrank: rank must be >= 1, got {rank}")
+        reject_option(rank is not None and rank < 1, "lowrank", "rank", ">= 1", rank)
         for name, value in (("rank_ratio", rank_ratio), ("energy", energy), ("budget", budget)):
-            if value is not None and not 0.0 < value <= 1.0:
-                raise ValueError(f"lowrank: {name} must be in (0, 1], got {value}")
-        if tolerance is not None and not 0.0 < tolerance < 1.0:
-            raise ValueError(f"lowrank: tolerance must be in (0, 1), got {tolerance}")
-        if not 0.0 <= min_saving < 1.0:
-            raise ValueError(f"lowrank: min_saving must be in [0, 1), got {min_saving}")
-        if damping < 0:
-            raise ValueError(f"lowrank: damping must be >= 0, got {damping}")
-        if sensitivity_rounds < 1:
-            raise ValueError(f"lowrank: sensitivity_rounds must be >= 1, got {sensitivity_rounds}")
+            reject_option(value is not None and not 0.0 < value <= 1.0, "lowrank", name, "in (0, 1]", value)
+        reject_option(tolerance is not None and not 0.0 < tolerance < 1.0,
+                      "lowrank", "tolerance", "in (0, 1)", tolerance)
+        reject_option(not 0.0 <= min_saving < 1.0, "lowrank", "min_saving", "in [0, 1)", min_saving)
+        reject_option(damping < 0, "lowrank", "damping", ">= 0", damping)
+        reject_option(sensitivity_rounds < 1, "lowrank", "sensitivity_rounds", ">= 1", sensitivity_rounds)
         self.method = method
         self.rank = rank
         self.rank_ratio = rank_ratio

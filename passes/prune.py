@@ -12,7 +12,7 @@ import onnx_ir.passes.common as common_passes
 
 from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import deflated_size, fingerprint, model_flops
-from onnxpress.passes._common import constant, set_initializer
+from onnxpress.passes._common import constant, reject_option, set_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -77,23 +77,18 @@ class Prune(Pass, ir.passes.FunctionalPass):
         if skip is not None:
             warnings.warn("prune: option 'skip' is deprecated; use 'exclude'", DeprecationWarning, stacklevel=2)
             exclude = skip
-        if criterion not in ("magnitude", "importance", "random"):
-            raise ValueError(f"prune: criterion must be magnitude, importance or random, got {criterion!r}")
-        if granularity not in ("unstructured", "n:m", "structured"):
-            raise ValueError(f"prune: granularity must be unstructured, n:m or structured, got {granularity!r}")
-        if not 0.0 <= sparsity < 1.0:
-            raise ValueError(f"prune: sparsity must be in [0, 1), got {sparsity}")
+        reject_option(criterion not in ("magnitude", "importance", "random"),
+                      "prune", "criterion", "magnitude, importance or random", criterion)
+        reject_option(granularity not in ("unstructured", "n:m", "structured"),
+                      "prune", "granularity", "unstructured, n:m or structured", granularity)
+        reject_option(not 0.0 <= sparsity < 1.0, "prune", "sparsity", "in [0, 1)", sparsity)
         for key, value in (sparsity_by or {}).items():
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"prune: sparsity_by[{key!r}] must be in [0, 1), got {value}")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"prune: scope must be 'layer' or 'global', got {scope!r}")
+            reject_option(not 0.0 <= value < 1.0, "prune", f"sparsity_by[{key!r}]", "in [0, 1)", value)
+        reject_option(scope not in ("layer", "global"), "prune", "scope", "'layer' or 'global'", scope)
         if not 0 < n < m:
             raise ValueError(f"prune: n:m needs 0 < n < m, got {n}:{m}")
-        if min_channels < 1:
-            raise ValueError(f"prune: min_channels must be >= 1, got {min_channels}")
-        if channel_multiple < 1:
-            raise ValueError(f"prune: channel_multiple must be >= 1, got {channel_multiple}")
+        reject_option(min_channels < 1, "prune", "min_channels", ">= 1", min_channels)
+        reject_option(channel_multiple < 1, "prune", "channel_multiple", ">= 1", channel_multiple)
         self.criterion = criterion
         self.granularity = granularity
         self.sparsity = sparsity

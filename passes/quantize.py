@@ -13,7 +13,7 @@ from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
 from onnxpress.modelinfo import fingerprint
 from onnxpress.passes import _calibrated
-from onnxpress.passes._common import constant, fold_batchnorm
+from onnxpress.passes._common import constant, fold_batchnorm, reject_option
 
 logger = logging.getLogger(__name__)
 
@@ -75,26 +75,24 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                  latency_aware: bool = False, calibration_samples: int = 256,
                  fold_batchnorm: bool = True) -> None:
         super().__init__()
-        if method not in ("minmax", "percentile", "entropy"):
-            raise ValueError(f"quantize: method must be minmax, percentile or entropy, got {method!r}")
-        if mode not in ("auto", "static", "dynamic"):
-            raise ValueError(f"quantize: mode must be auto, static or dynamic, got {mode!r}")
-        if preset not in ("auto", "cnn", "transformer", "all"):
-            raise ValueError(f"quantize: preset must be auto, cnn, transformer or all, got {preset!r}")
-        if activation_type not in ("auto", "uint8", "int8"):
-            raise ValueError(f"quantize: activation_type must be auto, uint8 or int8, got {activation_type!r}")
-        if reduce_range not in ("auto", True, False):
-            raise ValueError(f"quantize: reduce_range must be 'auto', true or false, got {reduce_range!r}")
-        if not 50.0 < percentile <= 100.0:
-            raise ValueError(f"quantize: percentile must be in (50, 100], got {percentile}")
-        if smoothquant_alpha is not None and not 0.0 <= smoothquant_alpha <= 1.0:
-            raise ValueError(f"quantize: smoothquant_alpha must be in [0, 1], got {smoothquant_alpha}")
-        if target_cosine is not None and not 0.0 < target_cosine <= 1.0:
-            raise ValueError(f"quantize: target_cosine must be in (0, 1], got {target_cosine}")
-        if max_metric_drop is not None and max_metric_drop < 0:
-            raise ValueError(f"quantize: max_metric_drop must be >= 0, got {max_metric_drop}")
-        if calibration_samples < 1:
-            raise ValueError(f"quantize: calibration_samples must be >= 1, got {calibration_samples}")
+        reject_option(method not in ("minmax", "percentile", "entropy"),
+                      "quantize", "method", "minmax, percentile or entropy", method)
+        reject_option(mode not in ("auto", "static", "dynamic"),
+                      "quantize", "mode", "auto, static or dynamic", mode)
+        reject_option(preset not in ("auto", "cnn", "transformer", "all"),
+                      "quantize", "preset", "auto, cnn, transformer or all", preset)
+        reject_option(activation_type not in ("auto", "uint8", "int8"),
+                      "quantize", "activation_type", "auto, uint8 or int8", activation_type)
+        reject_option(reduce_range not in ("auto", True, False),
+                      "quantize", "reduce_range", "'auto', true or false", reduce_range)
+        reject_option(not 50.0 < percentile <= 100.0, "quantize", "percentile", "in (50, 100]", percentile)
+        reject_option(smoothquant_alpha is not None and not 0.0 <= smoothquant_alpha <= 1.0,
+                      "quantize", "smoothquant_alpha", "in [0, 1]", smoothquant_alpha)
+        reject_option(target_cosine is not None and not 0.0 < target_cosine <= 1.0,
+                      "quantize", "target_cosine", "in (0, 1]", target_cosine)
+        reject_option(max_metric_drop is not None and max_metric_drop < 0,
+                      "quantize", "max_metric_drop", ">= 0", max_metric_drop)
+        reject_option(calibration_samples < 1, "quantize", "calibration_samples", ">= 1", calibration_samples)
         self.method = method
         self.mode = mode
         self.preset = preset

@@ -12,6 +12,7 @@ from onnxpress import _proto, sandbox
 from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
 from onnxpress.modelinfo import fingerprint, node_count, op_histogram
+from onnxpress.passes._common import reject_option
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +51,9 @@ class Simplify(Pass, ir.passes.FunctionalPass):
             warnings.warn("simplify: option 'fuse_bn' is deprecated; use 'fold_batchnorm'",
                           DeprecationWarning, stacklevel=2)
             fold_batchnorm = fuse_bn
-        if fold_limit_bytes < 0:
-            raise ValueError(f"simplify: fold_limit_bytes must be >= 0, got {fold_limit_bytes}")
-        if engine not in ("auto", "onnxsim", "onnx-ir"):
-            raise ValueError(f"simplify: engine must be 'auto', 'onnxsim' or 'onnx-ir', got {engine!r}")
+        reject_option(fold_limit_bytes < 0, "simplify", "fold_limit_bytes", ">= 0", fold_limit_bytes)
+        reject_option(engine not in ("auto", "onnxsim", "onnx-ir"),
+                      "simplify", "engine", "'auto', 'onnxsim' or 'onnx-ir'", engine)
         self.fold_limit_bytes = fold_limit_bytes
         self.fold_batchnorm = fold_batchnorm
         self.engine = engine

@@ -144,3 +144,44 @@ def test_a_reader_that_goes_away_gets_no_traceback(monkeypatch, capsys):
     with capsys.disabled():
         monkeypatch.setattr(sys, "stdout", gone)
         assert main(["inspect", str(samples.DIGITS_MODEL)]) == 1
+
+
+def _report(folder) -> dict:
+    return json.loads((folder / "report.json").read_text())
+
+
+def test_run_validate_judges_on_the_recipes_evaluation_data(tmp_path, capsys):
+    """The bundled recipe names digits_eval.npz as [evaluation]: the verdict is judged there."""
+    out = tmp_path / "out.onnx"
+    code = main(["run", str(samples.DIGITS_MODEL), "--recipe", str(samples.RECIPE), "-o", str(out),
+                 "--validate", "--report", str(tmp_path / "report")])
+    assert code == 0, capsys.readouterr()
+    report = _report(tmp_path / "report")
+    assert "evaluation data" in report["data_source"] and "digits_eval.npz" in report["data_source"]
+    assert report["samples"] == 397  # the held-out digits (their labels are not fed)
+
+
+def test_run_validate_holds_out_a_fifth_of_the_calibration_data(tmp_path, capsys, monkeypatch):
+    """Without evaluation data the verdict comes from calibration samples the passes never got."""
+    feeds = samples.digits_calibration().take(50)
+    np.savez(tmp_path / "calib.npz", input=np.concatenate([f["input"] for f in feeds]))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('target = "cpu"\n[calibration]\nsource = "calib.npz"\n'
+                      '[[passes]]\nname = "simplify"\n[[passes]]\nname = "quantize"\n')
+    from onnxpress.pipeline import Pipeline
+
+    seen = []
+    run = Pipeline.run
+
+    def spy(self, model, calibration=None, **kwargs):
+        seen.append(len(calibration))
+        return run(self, model, calibration, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "run", spy)
+    code = main(["run", str(samples.DIGITS_MODEL), "--recipe", str(recipe), "-o", str(tmp_path / "o.onnx"),
+                 "--validate", "--report", str(tmp_path / "report")])
+    assert code == 0, capsys.readouterr()
+    report = _report(tmp_path / "report")
+    assert seen == [40] and report["samples"] == 10
+    assert "held-out split of the calibration data: 10 of 50 samples the passes never received" \
+        in report["data_source"]

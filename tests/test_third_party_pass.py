@@ -98,7 +98,7 @@ _DRIVER = textwrap.dedent('''
     result = pipeline.run(ox.load(model_path))
     ox.save(result.model, out)
     print(json.dumps({"records": [r.to_dict() for r in result.records],
-                      "registered": sorted(registry.available())}))
+                      "registered": sorted(registry.available()), "onnxpress": ox.__file__}))
 ''')
 
 

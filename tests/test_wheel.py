@@ -158,3 +158,13 @@ def test_installed_wheel_works_outside_the_repository(venv, tmp_path):
     assert script.is_file()
     listing = _run([script, "passes"], cwd=tmp_path).stdout
     assert "simplify" in listing.split()
+
+
+def test_a_third_party_pass_runs_with_the_installed_wheel(venv, tmp_path):
+    """The documented pass API is all a third-party package needs, from an installed wheel too."""
+    from test_third_party_pass import check_result, install_package, run_recipe
+
+    site = install_package(tmp_path)
+    report, out = run_recipe(venv / "bin" / "python", site, tmp_path)
+    assert Path(report["onnxpress"]).resolve().is_relative_to(venv.resolve())
+    check_result(report, out)
