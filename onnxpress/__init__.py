@@ -14,6 +14,8 @@ a golden-file check) does not load every other.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -27,6 +29,7 @@ _EXPORTS = {
     "PassRecord": "onnxpress.pipeline", "Pipeline": "onnxpress.pipeline", "PipelineResult": "onnxpress.pipeline",
     "Runner": "onnxpress.runtime", "ValidationReport": "onnxpress.report",
     "inspect": "onnxpress.summary", "load": "onnxpress.io", "save": "onnxpress.io",
+    "export": "onnxpress.export", "validate": "onnxpress.validate",
 }
 _MODULES = ("calibration", "passes", "targets", "statistics", "runtime", "sandbox")
 
@@ -48,12 +51,18 @@ def __dir__() -> list[str]:
     return __all__
 
 
-# ``export`` and ``validate`` are functions named like their modules: importing a submodule
-# binds its name on the package, so they are bound here, right after their modules' first import.
-from onnxpress.export import export  # noqa: E402
-from onnxpress.validate import validate  # noqa: E402
+class _Package(types.ModuleType):
+    """``ox.export`` and ``ox.validate`` are functions named like their modules. Importing a
+    submodule binds it on its package; here that binding is skipped for those two names, so
+    they keep meaning the functions (``from onnxpress.validate import ...`` is unaffected)."""
 
-__all__ += ["export", "validate"]
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("export", "validate") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:
@@ -61,8 +70,10 @@ if TYPE_CHECKING:
     from onnxpress.context import Pass, PassContext, PassResult
     from onnxpress.errors import (DataError, ExportError, ModelError, OnnxpressError, PassError,
                                   PipelineError, ProviderError, RecipeError)
+    from onnxpress.export import export
     from onnxpress.io import load, save
     from onnxpress.pipeline import PassRecord, Pipeline, PipelineResult
     from onnxpress.report import ValidationReport
     from onnxpress.runtime import Runner
     from onnxpress.summary import inspect
+    from onnxpress.validate import validate

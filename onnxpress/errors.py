@@ -6,7 +6,7 @@ exits with code 2.
 """
 from __future__ import annotations
 
-import onnx_ir as ir
+from typing import Any
 
 
 class OnnxpressError(Exception):
@@ -45,5 +45,20 @@ class ProviderError(OnnxpressError):
     """An execution provider a target asks for is not available."""
 
 
-class PassError(ir.passes.PassError, OnnxpressError):
-    """A pass cannot do its job on a node; the message names the pass and the node."""
+def _pass_error() -> type:
+    import onnx_ir as ir
+
+    class PassError(ir.passes.PassError, OnnxpressError):
+        """A pass cannot do its job on a node; the message names the pass and the node."""
+
+    PassError.__module__, PassError.__qualname__ = __name__, "PassError"
+    return PassError
+
+
+def __getattr__(name: str) -> Any:
+    # PassError derives from onnx_ir's, and importing onnx_ir takes most of a second: it is
+    # made on first use, so that the CLI can start its sandbox worker before paying for it.
+    if name == "PassError":
+        globals()["PassError"] = value = _pass_error()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
