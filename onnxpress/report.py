@@ -114,7 +114,7 @@ class ValidationReport:
                       "required_operators.config).", ""]
         if self.hardware:
             q = self.hardware["quantization_defaults"]
-            lines += [f"Host CPU: {self.hardware['cpu']}; int8 defaults: activations {q['activation_type']}, "
+            lines += [f"Host CPU: {self.hardware['cpu']}; target int8 defaults: activations {q['activation_type']}, "
                       f"weights {q['weight_type']}, reduce_range {q['reduce_range']} ({q['reason']}).", ""]
         lines += [f"- {n}" for n in self.notes]
         return "\n".join(lines).rstrip() + "\n"
@@ -308,7 +308,7 @@ def render_html(report: ValidationReport) -> str:
                      f"({report.bundle['model_bytes']:,} bytes), required_operators.config ({_e(ops)}).</p>")
     if report.hardware:
         q = report.hardware["quantization_defaults"]
-        parts.append(f"<h2>Host</h2><p>{_e(report.hardware['cpu'])}. int8 defaults: activations "
+        parts.append(f"<h2>Host and target</h2><p>{_e(report.hardware['cpu'])}. Target int8 defaults: activations "
                      f"{_e(q['activation_type'])}, weights {_e(q['weight_type'])}, reduce_range {q['reduce_range']} "
                      f"({_e(q['reason'])}).</p>")
     if report.notes:

@@ -87,7 +87,7 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
     if layerwise and ref_model is not None and candidate_outputs is not None and reference_outputs is not None:
         _layerwise(report, runner, ref_model, candidate, feeds)
     if runner.settings.primary == "CPUExecutionProvider":
-        _hardware(report)
+        _hardware(report, profile)
     if profile.ort_format and bundle is not None and candidate_outputs is not None:
         _bundle(report, runner, candidate, bundle, feeds)
     if measure_latency and feeds:
@@ -251,12 +251,13 @@ def _layerwise(report: ValidationReport, runner: runtime.Runner, reference: ir.M
                             f"({result.first_jump.op_type} '{result.first_jump.node}')")
 
 
-def _hardware(report: ValidationReport) -> None:
-    from onnxpress.hardware import cpu_capabilities, quantization_defaults
+def _hardware(report: ValidationReport, profile: Target) -> None:
+    """The host's CPU, and the int8 defaults the target's ``isa`` gives quantization."""
+    from onnxpress.hardware import cpu_capabilities, quantization_defaults_for
 
     caps = cpu_capabilities()
-    report.hardware = {"cpu": caps.describe(), "capabilities": caps.to_dict(),
-                       "quantization_defaults": quantization_defaults(caps).to_dict()}
+    report.hardware = {"cpu": caps.describe(), "capabilities": caps.to_dict(), "isa": profile.isa,
+                       "quantization_defaults": quantization_defaults_for(profile.isa).to_dict()}
 
 
 def _bundle(report: ValidationReport, runner: runtime.Runner, candidate: ir.Model, folder, feeds: list) -> None:

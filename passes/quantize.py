@@ -133,8 +133,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
 
     def _isa(self) -> str:
         """The instruction set the int8 defaults are for: the bound context's target's, else the host."""
-        target = getattr(getattr(self, "context", None), "target", None)
-        return getattr(target, "isa", None) or "host"
+        return self.context.target.isa if self.context is not None else "host"
 
     def _hardware(self) -> tuple[str, bool]:
         """Activation type and reduce-range: the options, or for ``auto`` what suits the target's ISA."""

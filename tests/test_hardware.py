@@ -1,5 +1,4 @@
 import dataclasses
-from types import SimpleNamespace
 
 import pytest
 
@@ -32,25 +31,20 @@ def test_host_isa_reads_this_machine():
 
 def test_quantize_takes_its_defaults_from_the_bound_target():
     """An edge (arm64-dotprod) target gets int8 activations without reduce-range on any host."""
+    from onnxpress.context import PassContext
+    from onnxpress.runtime import Runner
+
     quantize = ox.passes.Quantize()
-    edge = SimpleNamespace(target=targets.load("edge"))
-    avx2 = SimpleNamespace(target=dataclasses.replace(targets.load("cpu"), isa="x86-avx2"))
+    edge = PassContext(runner=Runner("edge"))
+    avx2 = PassContext(runner=Runner(dataclasses.replace(targets.load("cpu"), isa="x86-avx2")))
     host = quantization_defaults()
     assert quantize._isa() == "host" and quantize._hardware() == (host.activation_type, host.reduce_range)
     for context, isa, expected in ((edge, "arm64-dotprod", ("int8", False)), (avx2, "x86-avx2", ("uint8", True))):
-        _bind(quantize, context)
+        quantize._context = context  # what Pass.run_in binds while the pass runs
         assert quantize._isa() == isa and quantize._hardware() == expected
     explicit = ox.passes.Quantize(activation_type="uint8", reduce_range=True)
-    _bind(explicit, edge)
+    explicit._context = edge
     assert explicit._hardware() == ("uint8", True)  # options given are kept
-
-
-def _bind(quantize, context) -> None:
-    # the documented context property (onnxpress.context.Pass) or, before that, a plain attribute
-    if isinstance(getattr(type(quantize), "context", None), property):
-        quantize._context = context
-    else:
-        quantize.context = context
 
 
 def test_quantize_statistics_name_the_isa_of_the_pipeline_target(small_model, rng):
