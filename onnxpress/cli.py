@@ -98,29 +98,7 @@ def _labels(path: str | None, key: str):
 
 
 def _print_report(report, as_json: bool) -> None:
-    if as_json:
-        print(report.to_json())
-        return
-    rows = report.summary_rows()
-    if rows:
-        width = max(len(r[0]) for r in rows)
-        print(f"{'':<{width}}  {'reference':>14}  {'candidate':>14}")
-        for name, ref, cand in rows:
-            print(f"{name:<{width}}  {ref:>14}  {cand:>14}")
-    for name, stats in report.metrics.items():
-        print(f"output {name}: cosine {stats.cosine:.6f}, max-abs {stats.max_abs:.3g}")
-    if report.top1_agreement is not None:
-        print(f"top-1 agreement: {report.top1_agreement:.4f}")
-    if report.layerwise and report.layerwise["first_jump"]:
-        jump = report.layerwise["first_jump"]
-        print(f"layer-wise: '{jump['tensor']}' ({jump['op_type']} '{jump['node']}', cosine {jump['cosine']:.6f}): "
-              f"{report.layerwise['reason']}")
-    for note in report.notes:
-        print(f"note: {note}")
-    verdict = "PASSED" if report.passed else "FAILED"
-    print(f"verdict on target '{report.target}': {verdict}")
-    for failure in report.failures:
-        print(f"  - {failure}")
+    print(report.to_json() if as_json else report.to_text())
 
 
 def _write_report(report, folder: str | None) -> None:

@@ -80,6 +80,28 @@ class ValidationReport:
                          f"{self.task_metric['candidate']:.4f}"))
         return rows
 
+    def to_text(self) -> str:
+        """The report as the command line prints it: the table, errors, notes, the verdict."""
+        lines = []
+        rows = self.summary_rows()
+        if rows:
+            width = max(len(r[0]) for r in rows)
+            lines.append(f"{'':<{width}}  {'reference':>14}  {'candidate':>14}")
+            lines += [f"{name:<{width}}  {ref:>14}  {cand:>14}" for name, ref, cand in rows]
+        lines += [f"output {name}: cosine {stats.cosine:.6f}, max-abs {stats.max_abs:.3g}"
+                  for name, stats in self.metrics.items()]
+        if self.top1_agreement is not None:
+            lines.append(f"top-1 agreement: {self.top1_agreement:.4f}")
+        if self.layerwise and self.layerwise["first_jump"]:
+            jump = self.layerwise["first_jump"]
+            lines.append(f"layer-wise: '{jump['tensor']}' ({jump['op_type']} '{jump['node']}', cosine "
+                         f"{jump['cosine']:.6f}): {self.layerwise['reason']}")
+        lines.append(f"judged on: {self.data_source} ({self.samples} feeds)")
+        lines += [f"note: {note}" for note in self.notes]
+        lines.append(f"verdict on target '{self.target}': {'PASSED' if self.passed else 'FAILED'}")
+        lines += [f"  - {failure}" for failure in self.failures]
+        return "\n".join(lines)
+
     def to_markdown(self) -> str:
         lines = [f"# Validation on `{self.target}`: {'PASSED' if self.passed else 'FAILED'}", ""]
         if self.failures:
