@@ -94,10 +94,12 @@ class PipelineResult:
     golden_source: str | None
     golden_note: str = ""
     input_latency_ms: float | None = None
+    checked_on: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return {"golden_source": self.golden_source, "golden_note": self.golden_note,
-                "input_latency_ms": self.input_latency_ms, "records": [r.to_dict() for r in self.records]}
+                "input_latency_ms": self.input_latency_ms, "checked_on": self.checked_on,
+                "records": [r.to_dict() for r in self.records]}
 
     def table(self) -> str:
         """A plain-text table of the records."""
@@ -177,8 +179,20 @@ class Pipeline:
         return pass_name(item)
 
     def runner(self) -> runtime.Runner:
-        """The runner on this pipeline's target (the CPU when it names none)."""
-        return runtime.Runner(self.target or "cpu")
+        """The runner on this pipeline's target (the CPU when it names none).
+
+        Compressing for a target this machine does not have (a CUDA profile on a laptop) is
+        allowed: the checks after each pass and the passes' measurements then run on the CPU,
+        with a warning, and the result says where it was checked. Verdicts on the target itself
+        are ``validate``'s, which never falls back.
+        """
+        runner = runtime.Runner(self.target or "cpu")
+        missing = [name for name, _ in runner.settings.providers if name not in runtime.available_providers()]
+        if missing:
+            logger.warning("target '%s' needs %s, which this onnxruntime build lacks: the pipeline checks "
+                           "and measures on the CPU", runner.target.name, ", ".join(missing))
+            return runtime.Runner("cpu")
+        return runner
 
     def data(self, model: ir.Model, which: str = "calibration") -> Calibration | None:
         """The pipeline's own ``calibration`` or ``evaluation`` source read for ``model``
@@ -262,7 +276,7 @@ class Pipeline:
             logger.info("pass %s: %.2fs, %d -> %d nodes", name, seconds, record.nodes_before, record.nodes_after)
             if progress:
                 progress(ProgressEvent(index, total, name, record))
-        return PipelineResult(current, records, golden_source, golden_note, input_latency)
+        return PipelineResult(current, records, golden_source, golden_note, input_latency, runner.target.name)
 
     def _golden_feeds(self, model: ir.Model, calib: Calibration | None):
         if self.golden_samples == 0:

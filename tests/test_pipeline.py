@@ -141,3 +141,14 @@ def test_declared_names_key_the_registry_and_the_records(small_model):
 def test_non_passes_are_refused():
     with pytest.raises(TypeError, match="not an onnx_ir pass"):
         ox.Pipeline([lambda model: model])
+
+
+def test_a_target_this_machine_lacks_is_checked_on_the_cpu(small_model, caplog):
+    """Compressing for CUDA on a machine without it works; the result says where it was checked."""
+    from onnxpress import runtime
+
+    if "CUDAExecutionProvider" in runtime.available_providers():
+        pytest.skip("this machine has CUDA")
+    result = ox.Pipeline([ox.passes.Simplify()], target="cuda").run(small_model)
+    assert result.checked_on == "cpu" and result.records[0].checked
+    assert "the pipeline checks and measures on the CPU" in caplog.text
