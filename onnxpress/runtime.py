@@ -335,7 +335,8 @@ _HELD_COUNT = 4
 def _serve(key: str, source: bytes | str | None, request: _Request) -> RunResult:
     """The worker's side of :meth:`Runner.run`: the model comes once, then by its key."""
     if source is None:
-        if key not in _HELD:
+        # A path is the parent's private copy of a large model, gone once the parent drops it.
+        if key not in _HELD or (isinstance(_HELD[key], str) and not Path(_HELD[key]).exists()):
             raise _NotCached(key)
         source = _HELD[key]
     _HELD[key] = source
@@ -379,10 +380,21 @@ class _Artefact:
         return len(self.source) if isinstance(self.source, bytes) else 0
 
 
+def _serialised(model: ir.Model) -> _Artefact:
+    if _proto.fits_in_protobuf(model):
+        return _Artefact(_proto.to_bytes(model))
+    # Past the protobuf limit: our own private copy with external data (ONNX Runtime never sees
+    # a user's path), removed with the artefact.
+    from onnxpress.io import save
+
+    folder = tempfile.TemporaryDirectory(prefix="onnxpress-model-")
+    return _Artefact(str(save(model, Path(folder.name) / "model.onnx", external_data=True)), folder)
+
+
 # Serialised models by content fingerprint, shared by every runner (most recent last).
 _ARTEFACTS: collections.OrderedDict[str, _Artefact] = collections.OrderedDict()
-_ARTEFACT_COUNT = 6
-_ARTEFACT_BYTES = 1 << 30
+_ARTEFACT_COUNT = 3  # validate alternates two models (candidate, reference); a third is the next one
+_ARTEFACT_BYTES = 512 << 20
 
 
 class Runner:
@@ -404,21 +416,17 @@ class Runner:
 
     # -- serialisation
 
-    def _artefact(self, model: ir.Model) -> tuple[str, _Artefact]:
+    def _artefact(self, model: ir.Model, *, keep: bool = True) -> tuple[str, _Artefact]:
+        """The serialised form of ``model``, made once per content fingerprint while it is kept
+        (``keep=False``: made if not kept already, and not kept, for one-shot models)."""
         from onnxpress.modelinfo import fingerprint
 
         key = fingerprint(model, content=True)
         artefact = _ARTEFACTS.get(key)
+        if artefact is None and not keep:
+            return key, _serialised(model)
         if artefact is None:
-            if _proto.fits_in_protobuf(model):
-                artefact = _Artefact(_proto.to_bytes(model))
-            else:  # our own private copy with external data: ONNX Runtime never sees a user's path
-                from onnxpress.io import save
-
-                folder = tempfile.TemporaryDirectory(prefix="onnxpress-model-")
-                artefact = _Artefact(str(save(model, Path(folder.name) / "model.onnx", external_data=True)),
-                                     folder)
-            _ARTEFACTS[key] = artefact
+            artefact = _ARTEFACTS[key] = _serialised(model)
             while len(_ARTEFACTS) > _ARTEFACT_COUNT or (
                     len(_ARTEFACTS) > 1 and sum(a.nbytes for a in _ARTEFACTS.values()) > _ARTEFACT_BYTES):
                 _, dropped = _ARTEFACTS.popitem(last=False)
@@ -433,11 +441,12 @@ class Runner:
         """An in-process session (for streaming work: statistics, layer-wise comparisons).
 
         ``optimization`` overrides the target's level (``basic`` keeps intermediate tensors
-        that fusions would swallow).
+        that fusions would swallow). Such models (with intermediates exposed) are used once:
+        their serialised form is not kept.
         """
         settings = self.settings if optimization is None else Settings(
             self.settings.providers, self.settings.threads, self.settings.inter_threads, optimization)
-        return Session(self._artefact(model)[1].source, settings)
+        return Session(self._artefact(model, keep=False)[1].source, settings)
 
     # -- runs
 
