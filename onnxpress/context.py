@@ -35,6 +35,7 @@ never builds sessions, reads files or prints; it returns its statistics in its
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -147,7 +148,12 @@ class PassContext:
 
     def score(self, reference_outputs: list[dict[str, np.ndarray]], candidate: ir.Model) -> dict[str, float]:
         """``cosine``: the worst output's mean cosine against ``reference_outputs`` on the
-        evaluation data; ``metric_drop``: the task metric's drop, when a metric is set."""
+        evaluation data; ``metric_drop``: the task metric's drop, when a metric is set.
+
+        Searches score one candidate after another and drop the last; onnx_ir graphs hold
+        reference cycles, so the dropped ones are collected here rather than piling up.
+        """
+        gc.collect()
         outputs = self.outputs(candidate)
         stats = compare(reference_outputs, outputs)
         result = {"cosine": min(s.cosine for s in stats.values())}

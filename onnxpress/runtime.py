@@ -19,10 +19,10 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import shutil
 import statistics
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -391,8 +391,24 @@ def _serialised(model: ir.Model) -> _Artefact:
     return _Artefact(str(save(model, Path(folder.name) / "model.onnx", external_data=True)), folder)
 
 
-# Serialised models by content fingerprint, shared by every runner (most recent last).
+# Serialised models by content fingerprint, shared by every runner (most recent last), each
+# kept while a model object with that content lives (a search's discarded candidates go).
 _ARTEFACTS: collections.OrderedDict[str, _Artefact] = collections.OrderedDict()
+_OWNERS: dict[str, weakref.WeakSet] = {}
+
+
+def _drop(key: str) -> None:
+    artefact = _ARTEFACTS.pop(key, None)
+    _OWNERS.pop(key, None)
+    if artefact is not None and artefact.folder is not None:
+        artefact.folder.cleanup()
+
+
+def _release(key: str) -> None:
+    """A model that used ``key`` is gone: drop the artefact when no model with that content lives."""
+    owners = _OWNERS.get(key)
+    if owners is not None and not any(True for _ in owners):  # iterating skips dead references
+        _drop(key)
 _ARTEFACT_COUNT = 3  # validate alternates two models (candidate, reference); a third is the next one
 _ARTEFACT_BYTES = 512 << 20
 
@@ -427,12 +443,14 @@ class Runner:
             return key, _serialised(model)
         if artefact is None:
             artefact = _ARTEFACTS[key] = _serialised(model)
-            while len(_ARTEFACTS) > _ARTEFACT_COUNT or (
-                    len(_ARTEFACTS) > 1 and sum(a.nbytes for a in _ARTEFACTS.values()) > _ARTEFACT_BYTES):
-                _, dropped = _ARTEFACTS.popitem(last=False)
-                if dropped.folder is not None:
-                    dropped.folder.cleanup()
         _ARTEFACTS.move_to_end(key)
+        while len(_ARTEFACTS) > 1 and (len(_ARTEFACTS) > _ARTEFACT_COUNT or
+                                       sum(a.nbytes for a in _ARTEFACTS.values()) > _ARTEFACT_BYTES):
+            _drop(next(iter(_ARTEFACTS)))  # the oldest; the one just used stays
+        owners = _OWNERS.setdefault(key, weakref.WeakSet())
+        if model not in owners:
+            owners.add(model)
+            weakref.finalize(model, _release, key)
         return key, artefact
 
     # -- in-process sessions
@@ -555,7 +573,5 @@ def run_model(model: ir.Model, feeds: Iterable[Feed], target: str | Target | Any
 
 def clear_cache() -> None:
     """Forget every serialised model (their private folders are removed)."""
-    while _ARTEFACTS:
-        _, artefact = _ARTEFACTS.popitem()
-        if artefact.folder is not None:
-            shutil.rmtree(artefact.folder.name, ignore_errors=True)
+    for key in list(_ARTEFACTS):
+        _drop(key)
