@@ -115,24 +115,49 @@ def _cmd_validate(args) -> int:
     from onnxpress.validate import validate
 
     candidate = load(args.model)
+    shapes = _input_shapes(args.input_shape)
     if args.save_golden:
-        save_golden(candidate, _data(args.data, candidate) if args.data else _generated(candidate), args.save_golden)
+        save_golden(candidate, _data(args.data, candidate) if args.data else _generated(candidate, shapes),
+                    args.save_golden)
         print(f"saved golden inputs and outputs of {args.model} in {args.save_golden}")
         return 0
     reference = load(args.reference) if args.reference else None
     metric = _labels(args.data, args.labels) if args.labels else None
     report = validate(candidate, reference, target=args.target, data=_data(args.data, candidate), golden=args.golden,
                       allow_missing_provider=args.allow_missing_provider, layerwise=args.layerwise,
-                      bundle=args.bundle, metric=metric, metric_name="accuracy")
+                      bundle=args.bundle, metric=metric, metric_name="accuracy", input_shapes=shapes)
     _print_report(report, args.json)
     _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT
 
 
-def _generated(model):
+def _generated(model, shapes):
     from onnxpress.feeds import random_feeds
 
-    return random_feeds(model, 8, seed=1)
+    return random_feeds(model, 8, seed=1, input_shapes=shapes)
+
+
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """argparse type of ``--input-shape NAME=1x3x320x320``: a bad one is a usage error (exit 2)."""
+    from onnxpress.feeds import parse_input_shape
+
+    try:
+        return parse_input_shape(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _input_shapes(given: list | None, base: dict | None = None) -> dict[str, tuple[int, ...]]:
+    """``--input-shape`` options as ``{name: shape}``, over ``base`` (a recipe's)."""
+    from onnxpress.errors import DataError
+
+    shapes, seen = dict(base or {}), set()
+    for name, shape in given or []:
+        if name in seen:
+            raise DataError(f"--input-shape: '{name}' is given twice")
+        seen.add(name)
+        shapes[name] = shape
+    return shapes
 
 
 def _cmd_run(args) -> int:
@@ -148,6 +173,8 @@ def _cmd_run(args) -> int:
     pipeline = Pipeline.from_recipe(recipe)
     if args.no_check:
         pipeline.check = False
+    shapes = _input_shapes(args.input_shape, recipe.pipeline_options.get("input_shapes"))
+    pipeline.input_shapes = shapes  # for the golden inputs it generates
     calibration = _data(args.calibration, model) if args.calibration else pipeline.data(model, "calibration")
     target = args.target or (recipe.target if args.validate else None)
     verdict_data, judged_by = None, None
@@ -163,7 +190,8 @@ def _cmd_run(args) -> int:
 
     bundle = args.bundle or output.with_name(output.stem + "_bundle")
     report = validate(result.model, model, target=target, data=verdict_data, layerwise=args.layerwise,
-                      allow_missing_provider=args.allow_missing_provider, bundle=bundle, data_source=judged_by)
+                      allow_missing_provider=args.allow_missing_provider, bundle=bundle, data_source=judged_by,
+                      input_shapes=shapes)
     report.pipeline = result.to_dict()
     _print_report(report, False)
     _write_report(report, args.report)
@@ -203,6 +231,10 @@ def _cmd_demo(args) -> int:
     return 0 if report.passed else EXIT_FAILED_VERDICT
 
 
+_INPUT_SHAPE_HELP = ("shape of a generated input, e.g. images=1x3x640x640 (repeatable; default: unknown sizes "
+                     "are found by trial runs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="onnxpress", description="Make an ONNX model smaller and faster, and prove "
                      "it still works on its target.")
@@ -230,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="folder for report.html, report.md and report.json")
     run.add_argument("--layerwise", action="store_true", help="compare every shared intermediate tensor")
     run.add_argument("--bundle", help="folder for the edge bundle (default: OUTPUT_bundle/ beside the output)")
+    run.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=DIMS",
+                     help=_INPUT_SHAPE_HELP + "; over the recipe's [pipeline] input_shapes")
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser("validate", help="check a model on a target against a reference")
@@ -248,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--layerwise", action="store_true", help="compare every shared intermediate tensor")
     validate.add_argument("--report", help="folder for report.html, report.md and report.json")
     validate.add_argument("--bundle", help="folder for the edge bundle (targets that ask for the ORT format)")
+    validate.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=DIMS",
+                          help=_INPUT_SHAPE_HELP)
     validate.set_defaults(func=_cmd_validate)
 
     inspect = commands.add_parser("inspect", help="opsets, inputs, outputs, ops and parameters of a model")

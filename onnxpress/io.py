@@ -52,11 +52,11 @@ def load(source: ModelSource, *, check_external_data: bool = True) -> ir.Model:
     if isinstance(source, onnx.ModelProto):
         _admit_structure(source, "<ModelProto>")
         _refuse_external(source, "<ModelProto>")
-        return _proto.from_proto(source)
+        return _free_unknown_dims(_proto.from_proto(source))
     if isinstance(source, (bytes, bytearray, memoryview)):
         proto = _parse(bytes(source), "<bytes>")
         _refuse_external(proto, "<bytes>")
-        return _proto.from_proto(proto)
+        return _free_unknown_dims(_proto.from_proto(proto))
     if isinstance(source, (str, os.PathLike)):
         return _load_path(Path(source), check_external_data=check_external_data)
     raise ModelError(f"cannot load a model from {type(source).__name__}: give a path, bytes, "
@@ -80,10 +80,27 @@ def _load_path(path: Path, *, check_external_data: bool) -> ir.Model:
         for tensor, where in _proto.tensor_protos(proto):
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 _check_external(tensor, where, folder, path)
-    model = _proto.from_proto(proto)
+    model = _free_unknown_dims(_proto.from_proto(proto))
     ir.external_data.set_base_dir(model.graph, str(folder))
     for function in model.functions.values():
         ir.external_data.set_base_dir(function.graph, str(folder))
+    return model
+
+
+def _free_unknown_dims(model: ir.Model) -> ir.Model:
+    """Make dims declared as -1 or 0 on the main graph's inputs and outputs unknown.
+
+    Paddle exports write -1 for a free dim; a fixed 0 would admit only empty tensors (ONNX
+    Runtime holds feeds to it) and fails the checker's strict shape inference against any
+    other inferred size. Both mean "unknown" in real files.
+    """
+    count = 0
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.shape is not None and any(isinstance(d, int) and d <= 0 for d in value.shape):
+            value.shape = ir.Shape([None if isinstance(d, int) and d <= 0 else d for d in value.shape])
+            count += 1
+    if count:
+        logger.info("load: %d graph input(s)/output(s) declare a dim of -1 or 0: made unknown", count)
     return model
 
 

@@ -138,11 +138,14 @@ class Pipeline:
         evaluation: the source verdicts are judged on (a recipe's ``[evaluation]``); the passes
             never see it.
         target: target profile name or path: the passes' context runs and times models there.
+        input_shapes: input name -> shape for inputs generated when there is no calibration
+            data (see ``feeds.random_feeds``).
     """
 
     def __init__(self, passes: Sequence[ir.passes.PassBase], *, check: bool = True, golden_samples: int = 4,
                  lossless_rtol: float = 1e-4, lossless_atol: float = 1e-5, latency_runs: int = 10,
-                 calibration: Any = None, evaluation: Any = None, target: str | None = None) -> None:
+                 calibration: Any = None, evaluation: Any = None, target: str | None = None,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
         if golden_samples < 0:
             raise ValueError(f"pipeline: golden_samples must be >= 0, got {golden_samples}")
         if latency_runs < 0:
@@ -159,6 +162,7 @@ class Pipeline:
         self.calibration = calibration
         self.evaluation = evaluation
         self.target = target
+        self.input_shapes = dict(input_shapes or {})
 
     @classmethod
     def from_recipe(cls, recipe: str | os.PathLike | Any) -> "Pipeline":
@@ -287,7 +291,7 @@ class Pipeline:
                 check_feed(model, feed, f"{calib.name}: sample {i}")
             return golden, "calibration", f"{len(golden)} calibration samples"
         try:
-            golden = random_feeds(model, self.golden_samples, seed=0)
+            golden = random_feeds(model, self.golden_samples, seed=0, input_shapes=self.input_shapes)
         except DataError as err:
             logger.warning("accuracy not tracked: %s", err)
             return [], None, f"accuracy not tracked: {err}"

@@ -6,6 +6,8 @@ target = "cpu"                 # optional: a built-in target or a profile file
 [pipeline]                     # optional
 check = true
 golden_samples = 4
+input_shapes = { images = [1, 3, 640, 640] }   # shapes of generated inputs (golden, verdict);
+                               # without them unknown sizes are found by trial runs
 
 [calibration]                  # optional; paths are relative to the recipe
 source = "calib.npz"           # a .npz (samples on axis 0), a folder of .npz, or a folder of images
@@ -37,10 +39,11 @@ from typing import Any
 from onnxpress import config, registry
 from onnxpress.calibration import DataSource
 from onnxpress.errors import RecipeError
+from onnxpress.feeds import check_input_shapes
 
 _TOP_KEYS = {"description", "target", "pipeline", "calibration", "evaluation", "passes"}
 _PIPELINE_KEYS = {"check": bool, "golden_samples": int, "lossless_rtol": float, "lossless_atol": float,
-                  "latency_runs": int}
+                  "latency_runs": int, "input_shapes": dict[str, list[int]]}
 
 
 @dataclass
@@ -92,6 +95,12 @@ def parse_recipe(text: str, *, name: str = "<recipe>", path: Path | None = None)
     target = config.check_value(data.get("target"), str | None, f"{name}: 'target'")
     description = config.check_value(data.get("description", ""), str, f"{name}: 'description'")
     pipeline_options = config.check_table(data.get("pipeline", {}), _PIPELINE_KEYS, f"{name}: [pipeline]")
+    if "input_shapes" in pipeline_options:
+        try:
+            pipeline_options["input_shapes"] = check_input_shapes(pipeline_options["input_shapes"],
+                                                                  f"{name}: [pipeline]: 'input_shapes'")
+        except ValueError as err:
+            raise RecipeError(str(err)) from None
     sources = {key: DataSource.from_table(data[key], where=f"{name}: [{key}]")
                for key in ("calibration", "evaluation") if key in data}
     entries = data.get("passes", [])

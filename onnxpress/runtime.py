@@ -168,6 +168,7 @@ class _Request:
     timing: Timing | None = None
     census: bool = False
     placement: bool = False
+    quiet: bool = False
 
 
 @dataclass
@@ -191,7 +192,7 @@ class Session:
     """
 
     def __init__(self, source: bytes | str, settings: Settings, *, profile_dir: str | None = None,
-                 optimized_path: str | None = None, save_format: str | None = None) -> None:
+                 optimized_path: str | None = None, save_format: str | None = None, quiet: bool = False) -> None:
         import onnxruntime as ort
 
         names = [name for name, _ in settings.providers]
@@ -200,7 +201,7 @@ class Session:
             raise ProviderError(f"execution provider(s) {missing} not available in this onnxruntime "
                                 f"build (available: {ort.get_available_providers()})")
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4 if quiet else 3  # quiet: failures are expected (trials)
         options.intra_op_num_threads = settings.threads
         options.inter_op_num_threads = settings.inter_threads
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[settings.optimization])
@@ -260,7 +261,7 @@ def _perform(source: bytes | str, request: _Request) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="onnxpress-session-") as folder:
         optimized = str(Path(folder) / "optimized.onnx") if request.census else None
         session = Session(source, request.settings, profile_dir=folder if request.placement else None,
-                          optimized_path=optimized)
+                          optimized_path=optimized, quiet=request.quiet)
         for index, feed in enumerate(request.feeds):
             outputs = session.run(feed)
             if request.keep is None or index < request.keep:
@@ -470,7 +471,7 @@ class Runner:
 
     def run(self, model: ir.Model, feeds: Sequence[Feed], *, keep: int | None = None, check: bool = False,
             quick_runs: int = 0, timing: bool = False, census: bool = False, placement: bool = False,
-            what: str = "ONNX Runtime session", sandboxed: bool | None = None) -> RunResult:
+            quiet: bool = False, what: str = "ONNX Runtime session", sandboxed: bool | None = None) -> RunResult:
         """Build one session for ``model`` and run every feed in it.
 
         Args:
@@ -480,13 +481,14 @@ class Runner:
             timing: also measure latency on the first feed as the target profile says.
             census: also count the kernels in ONNX Runtime's optimised graph.
             placement: also read from a profile which provider ran each node.
+            quiet: ONNX Runtime logs nothing but fatal errors (for trials expected to fail).
             what: names the step in limit errors.
 
         Under limits, checker and ONNX Runtime failures in the worker come back as
         ``CheckFailed`` and ``RunFailed``; limits as ``sandbox.ResourceLimitError``.
         """
         request = _Request(self.settings, tuple(feeds), keep, check, quick_runs,
-                           Timing.of(self.target) if timing else None, census, placement)
+                           Timing.of(self.target) if timing else None, census, placement, quiet)
         limits = sandbox.current()
         if sandboxed is False or (sandboxed is None and limits is None):
             return _perform(self._artefact(model)[1].source, request)

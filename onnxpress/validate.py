@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -20,7 +20,7 @@ import onnx_ir as ir
 from onnxpress import kernels, modelinfo, runtime
 from onnxpress.calibration import from_feeds
 from onnxpress.errors import DataError, ProviderError
-from onnxpress.feeds import check_feed, random_feeds
+from onnxpress.feeds import InputShapes, check_feed, plan_inputs, random_feeds
 from onnxpress.metrics import compare, top1_agreement
 from onnxpress.report import ValidationReport
 from onnxpress.targets import Target, load as load_target
@@ -38,7 +38,7 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
              metric_name: str = "metric", measure_latency: bool = True, measure_memory: bool = True,
              allow_missing_provider: bool = False, golden: str | os.PathLike | None = None,
              layerwise: bool = False, bundle: str | os.PathLike | None = None,
-             data_source: str | None = None) -> ValidationReport:
+             data_source: str | None = None, input_shapes: InputShapes | None = None) -> ValidationReport:
     """Validate ``model`` (the candidate) against ``reference`` on ``target``.
 
     Args:
@@ -60,6 +60,9 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         bundle: where to write the deployment bundle of a target that asks for the ORT format
             (the edge profile); skipped when omitted.
         data_source: what the report says judged it (default: "given data").
+        input_shapes: shapes of generated inputs by input name (``{"images": [1, 3, 640, 640]}``);
+            without them unknown sizes are found by trial runs (``feeds.plan_inputs``) and the
+            report notes the sizes used. Ignored when data or a golden file is given.
     """
     from onnxpress.io import load
 
@@ -71,7 +74,9 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
     if not _providers_available(report, profile, allow_missing_provider):
         return report
     runner = runtime.Runner(profile)
-    feeds, golden_outputs = _feeds(report, candidate, data, golden, data_source)
+    feeds, golden_outputs = _feeds(report, candidate, data, golden, data_source,
+                                   generate=_Generate(candidate if ref_model is None else ref_model, runner,
+                                                     input_shapes))
     candidate_outputs = _run_candidate(report, runner, candidate, feeds)
     reference_outputs = golden_outputs
     if ref_model is not None:
@@ -113,7 +118,17 @@ def _providers_available(report: ValidationReport, profile: Target, allow_missin
     return False
 
 
-def _feeds(report: ValidationReport, model: ir.Model, data, golden, data_source: str | None):
+class _Generate(NamedTuple):
+    """How to generate inputs: sizes are tried on ``model`` (the reference when there is one:
+    a broken candidate must fail the verdict, not the input generation)."""
+
+    model: ir.Model
+    runner: runtime.Runner
+    input_shapes: InputShapes | None
+
+
+def _feeds(report: ValidationReport, model: ir.Model, data, golden, data_source: str | None,
+           generate: _Generate):
     """The feeds to judge on, and the golden outputs when a golden file gives them."""
     golden_outputs = None
     if golden is not None:
@@ -127,10 +142,12 @@ def _feeds(report: ValidationReport, model: ir.Model, data, golden, data_source:
         feeds = list(from_feeds(data, name="data"))
         report.data_source = data_source or "given data"
     else:
-        feeds = random_feeds(model, _GENERATED_SAMPLES, seed=1)
+        plan = plan_inputs(generate.model, input_shapes=generate.input_shapes, runner=generate.runner)
+        feeds = random_feeds(model, _GENERATED_SAMPLES, seed=1, plan=plan)
         report.data_source = "inputs generated from the signature"
         report.notes.append("no data given: inputs were generated, so the accuracy verdict is only a "
                             "consistency check between the two models, not a task accuracy")
+        report.notes.extend(plan.notes)
     for i, feed in enumerate(feeds):
         check_feed(model, feed, f"data: sample {i}")
     report.samples = len(feeds)

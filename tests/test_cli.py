@@ -185,3 +185,49 @@ def test_run_validate_holds_out_a_fifth_of_the_calibration_data(tmp_path, capsys
     assert seen == [40] and report["samples"] == 10
     assert "held-out split of the calibration data: 10 of 50 samples the passes never received" \
         in report["data_source"]
+
+
+# Reflect padding by 8 needs more than 8 samples.
+REFLECT_TEXT = """
+<ir_version: 8, opset_import: ["" : 13]>
+vad (float[N, T] audio) => (float[N, L] y) <int64[4] pads = {0, 8, 0, 8}> {
+    y = Pad <mode = "reflect"> (audio, pads)
+}
+"""
+
+
+@pytest.mark.parametrize("shape, part", [
+    ("1x3x320x320", "argument --input-shape: '1x3x320x320' is not NAME=DIMS"),
+    ("x=1xax3", "argument --input-shape: 'x=1xax3': the dims must be positive integers"),
+    ("x=1x0", "argument --input-shape: 'x=1x0': every dim must be at least 1"),
+])
+def test_input_shape_mistakes_are_one_line_and_exit_2(model_file, capsys, shape, part):
+    with pytest.raises(SystemExit) as info:
+        main(["validate", str(model_file), "--input-shape", shape])
+    assert info.value.code == 2
+    _one_error_line(capsys, part)
+
+
+def test_input_shape_given_twice_or_not_fitting_is_named(model_file, capsys):
+    assert main(["validate", str(model_file), "--input-shape", "x=1x4", "--input-shape", "x=2x4"]) == 2
+    _one_error_line(capsys, "--input-shape: 'x' is given twice")
+    assert main(["validate", str(model_file), "--input-shape", "x=1x5"]) == 2
+    _one_error_line(capsys, "input shape x=1x5 has 5 on axis 1, the model wants 4")
+
+
+def test_validate_and_run_take_input_shapes(tmp_path, recipe_file, capsys):
+    """Generated inputs follow --input-shape, in validate and in run's verdict; without it the
+    sizes found by trial are named in the report."""
+    import onnx_ir as ir
+
+    model = ox.save(ir.from_onnx_text(REFLECT_TEXT), tmp_path / "vad.onnx")
+    assert main(["validate", str(model), "--reference", str(model), "--json", "--input-shape", "audio=2x100"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "inputs generated with the given shapes: audio=2x100" in report["notes"]
+    assert main(["validate", str(model), "--reference", str(model), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert any(n.startswith("inputs generated with sequence length 16 (") for n in report["notes"])
+    out = tmp_path / "out.onnx"
+    assert main(["run", str(model), "--recipe", str(recipe_file), "-o", str(out), "--target", "cpu",
+                 "--input-shape", "audio=1x50", "--report", str(tmp_path / "rep")]) == 0
+    assert "note: inputs generated with the given shapes: audio=1x50" in capsys.readouterr().out

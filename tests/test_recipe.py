@@ -73,6 +73,10 @@ def test_a_recipe_builds_its_pipeline(tmp_path, small_model):
     ('[calibration]\nsource = "c.npz"\nbatch_size = 0\n[[passes]]\nname = "simplify"',
      r"\[calibration\]: batch_size must be >= 1, got 0"),
     ('target = 3\n[[passes]]\nname = "simplify"', r"r\.toml: 'target' must be str or none, got int 3"),
+    ('[pipeline]\ninput_shapes = { x = [1, 0] }\n[[passes]]\nname = "simplify"',
+     r"\[pipeline\]: 'input_shapes': the shape of 'x' must be a list of positive integers, got \[1, 0\]"),
+    ('[pipeline]\ninput_shapes = { x = "1x4" }\n[[passes]]\nname = "simplify"',
+     r"\[pipeline\]: 'input_shapes' must be"),
 ])
 def test_recipe_mistakes_are_named(tmp_path, text, message):
     path = tmp_path / "r.toml"
@@ -122,3 +126,9 @@ def test_evaluation_source_and_only_the_model_inputs_are_fed(tmp_path, small_mod
     evaluation = read_source(recipe.evaluation, model=small_model, base=tmp_path, name="evaluation")
     assert len(evaluation) == 4 and evaluation.name.startswith("evaluation (")
     assert set(next(iter(read_source(recipe.calibration, base=tmp_path)))) == {"x", "label"}  # no model: all
+
+
+def test_input_shapes_in_the_pipeline_table():
+    recipe = parse_recipe('[pipeline]\ninput_shapes = { images = [1, 3, 320, 320], "input:0" = [1, 16] }\n'
+                          '[[passes]]\nname = "simplify"\n')
+    assert recipe.pipeline_options["input_shapes"] == {"images": (1, 3, 320, 320), "input:0": (1, 16)}
