@@ -222,6 +222,7 @@ class Session:
                                 f"{', '.join(self.providers)}); the model would run elsewhere")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.artefact: _Artefact | None = None
 
     def run(self, feed: Feed, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run once (only the model's inputs are taken from ``feed``); returns outputs by name."""
@@ -399,10 +400,10 @@ _OWNERS: dict[str, weakref.WeakSet] = {}
 
 
 def _drop(key: str) -> None:
-    artefact = _ARTEFACTS.pop(key, None)
+    """Forget ``key``. A large model's private folder goes when the last holder of its artefact
+    does (``TemporaryDirectory`` cleans up when collected), not while a session still reads it."""
+    _ARTEFACTS.pop(key, None)
     _OWNERS.pop(key, None)
-    if artefact is not None and artefact.folder is not None:
-        artefact.folder.cleanup()
 
 
 def _release(key: str) -> None:
@@ -465,7 +466,10 @@ class Runner:
         """
         settings = self.settings if optimization is None else Settings(
             self.settings.providers, self.settings.threads, self.settings.inter_threads, optimization)
-        return Session(self._artefact(model, keep=False)[1].source, settings)
+        artefact = self._artefact(model, keep=False)[1]
+        session = Session(artefact.source, settings)
+        session.artefact = artefact  # a large model's private folder lives as long as the session
+        return session
 
     # -- runs
 
@@ -491,7 +495,8 @@ class Runner:
                            Timing.of(self.target) if timing else None, census, placement, quiet)
         limits = sandbox.current()
         if sandboxed is False or (sandboxed is None and limits is None):
-            return _perform(self._artefact(model)[1].source, request)
+            artefact = self._artefact(model)[1]  # held: its folder (large models) lives while used
+            return _perform(artefact.source, request)
         weights = _proto.weight_bytes(model)
         if limits is not None and limits.memory_bytes is not None and weights > limits.memory_bytes:
             raise sandbox.ResourceLimitError(
@@ -548,7 +553,8 @@ class Runner:
         not device memory. 0 when it cannot be measured (the reason is logged).
         """
         try:
-            return int(sandbox.call_fresh("onnxpress.runtime:_peak_memory", self._artefact(model)[1].source,
+            artefact = self._artefact(model)[1]
+            return int(sandbox.call_fresh("onnxpress.runtime:_peak_memory", artefact.source,
                                           {k: np.asarray(v) for k, v in feed.items()}, self.settings,
                                           what="peak memory probe"))
         except (sandbox.SandboxedError, sandbox.ResourceLimitError) as err:
@@ -559,7 +565,8 @@ class Runner:
                        optimization: str | None = None) -> Path:
         """Write ONNX Runtime's optimised form of ``model`` (``ORT`` format for mobile builds) to ``path``."""
         settings = Settings((("CPUExecutionProvider", ()),), 1, 1, optimization or self.settings.optimization)
-        Session(self._artefact(model)[1].source, settings, optimized_path=str(path), save_format=save_format)
+        artefact = self._artefact(model)[1]
+        Session(artefact.source, settings, optimized_path=str(path), save_format=save_format)
         return Path(path)
 
     def run_file(self, path: str | Path, feeds: Iterable[Feed]) -> list[dict[str, np.ndarray]]:
