@@ -161,6 +161,7 @@ def _input_shapes(given: list | None, base: dict | None = None) -> dict[str, tup
 
 
 def _cmd_run(args) -> int:
+    from onnxpress.errors import AccuracyFloorError
     from onnxpress.io import load, save
     from onnxpress.pipeline import Pipeline
     from onnxpress.recipe import load_recipe
@@ -180,7 +181,16 @@ def _cmd_run(args) -> int:
     verdict_data, judged_by = None, None
     if target is not None:
         verdict_data, calibration, judged_by = _verdict_data(args, pipeline, model, calibration)
-    result = pipeline.run(model, calibration, progress=_progress)
+    try:
+        result = pipeline.run(model, calibration, progress=_progress)
+    except AccuracyFloorError as err:
+        if not args.keep_failed or err.result is None:
+            raise
+        print(err.result.table())
+        save(err.result.model, output, external_data=True if args.external_data else None)
+        _err(f"onnxpress: {err}")
+        _err(f"saved {output} anyway (--keep-failed): it is below the accuracy floor")
+        return EXIT_FAILED_VERDICT
     print(result.table())
     save(result.model, output, external_data=True if args.external_data else None)
     print(f"saved {output}")
@@ -256,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", help=".npz file or folder of them to judge the verdict on (default: the recipe's "
                      "[evaluation], else a held-out fifth of the calibration data the passes never see)")
     run.add_argument("--no-check", action="store_true", help="skip the checker/session check after each pass")
+    run.add_argument("--keep-failed", action="store_true", help="save the model even when a pass breaks the "
+                     "accuracy floor (exit code 1); by default nothing is written")
     run.add_argument("--external-data", action="store_true", help="save tensors to an external data file")
     run.add_argument("--allow-missing-provider", action="store_true",
                      help="report a missing execution provider as a failed verdict, not an error")

@@ -148,7 +148,9 @@ class PassContext:
 
     def score(self, reference_outputs: list[dict[str, np.ndarray]], candidate: ir.Model) -> dict[str, float]:
         """``cosine``: the worst output's mean cosine against ``reference_outputs`` on the
-        evaluation data; ``metric_drop``: the task metric's drop, when a metric is set.
+        evaluation data, channel groups of different scale judged apart (see
+        ``metrics.ErrorStats.worst_cosine``); ``metric_drop``: the task metric's drop, when a
+        metric is set.
 
         Searches score one candidate after another and drop the last; onnx_ir graphs hold
         reference cycles, so the dropped ones are collected here rather than piling up.
@@ -156,7 +158,7 @@ class PassContext:
         gc.collect()
         outputs = self.outputs(candidate)
         stats = compare(reference_outputs, outputs)
-        result = {"cosine": min(s.cosine for s in stats.values())}
+        result = {"cosine": min(s.worst_cosine for s in stats.values())}
         if self.metric is not None:
             result["metric_drop"] = float(self.metric(reference_outputs)) - float(self.metric(outputs))
         return result
@@ -212,6 +214,12 @@ class Pass(ir.passes.PassBase):
             raise ir.passes.PreconditionError(
                 f"{self.name or type(self).__name__}: calibration data needed with these options "
                 "(run the pass in a Pipeline with calibration=...)")
+
+    def remedy(self, floor: float) -> Pass | None:
+        """This pass configured to keep outputs at cosine ``floor`` or above, or None when it has
+        no such setting. The pipeline runs it on the same input when the pass broke its accuracy
+        floor (quantize: keep the nodes that cost most in float)."""
+        return None
 
     def run_in(self, context: PassContext | None, model: ir.Model) -> ir.passes.PassResult:
         """Run the pass on ``model`` with ``context`` bound for the duration of the call."""

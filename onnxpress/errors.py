@@ -41,6 +41,18 @@ class PipelineError(OnnxpressError):
     """A pass broke the model (checker, session, or a lossless pass changed outputs)."""
 
 
+class AccuracyFloorError(PipelineError):
+    """A lossy pass left the outputs below the pipeline's accuracy floor, even after its remedy.
+
+    ``result`` is the pipeline's result up to and including that pass (its best attempt), for
+    callers that keep failed models on request (``onnxpress run --keep-failed``).
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class ProviderError(OnnxpressError):
     """An execution provider a target asks for is not available."""
 

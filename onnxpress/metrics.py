@@ -15,7 +15,10 @@ class ErrorStats:
 
     ``cosine`` is the cosine similarity of the flattened outputs, computed per sample and
     averaged (1.0 when both are all-zero); ``rel_max`` is ``max_abs`` over the reference's
-    largest magnitude.
+    largest magnitude. ``group_cosine`` is the worst cosine of a channel group when the output's
+    channels mix quantities of different scale (a detector's boxes, in hundreds, beside class
+    scores in [0, 1]): there a destroyed score head hides behind a high overall cosine.
+    ``groups`` names those groups (``"axis 1 [4:84]"``); both are the overall values otherwise.
     """
 
     max_abs: float
@@ -30,9 +33,16 @@ class ErrorStats:
     ref_nonfinite: int
     nonfinite: int
     elements: int
+    group_cosine: float = 1.0
+    worst_group: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def worst_cosine(self) -> float:
+        """The lower of the overall cosine and the worst channel group's."""
+        return min(self.cosine, self.group_cosine)
 
     def within(self, *, atol: float, rtol: float) -> bool:
         """Whether every element is within ``atol + rtol * max|reference|`` (and finite)."""
@@ -46,6 +56,67 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     if na == 0.0 or nb == 0.0:
         return 0.0
     return float(np.dot(a, b) / (na * nb))
+
+
+# Channels whose typical magnitudes differ by more than this factor are judged apart.
+SCALE_GAP = 10.0
+# Only axes this short are read as channels (an anchor or token axis is not).
+_MAX_CHANNELS = 256
+
+
+def channel_groups(reference: Sequence[np.ndarray]) -> tuple[int, list[np.ndarray]] | None:
+    """The channel axis and groups of channel indices of different scale, or None.
+
+    Each axis after the first with 2 to 256 entries is a candidate; a channel's scale is its
+    RMS over the samples and other axes. Sorted by scale, channels split where neighbours
+    differ by more than ``SCALE_GAP``; the axis with the widest spread of scales is taken.
+    """
+    first = np.asarray(reference[0])
+    if first.ndim < 2 or not np.issubdtype(first.dtype, np.floating):
+        return None
+    best = None
+    for axis in range(1, first.ndim):
+        size = first.shape[axis]
+        if not 2 <= size <= _MAX_CHANNELS or any(np.asarray(r).shape[axis] != size for r in reference):
+            continue
+        squares = sum(np.nan_to_num(np.moveaxis(np.asarray(r, np.float64), axis, 0).reshape(size, -1) ** 2)
+                      .mean(axis=1) for r in reference)
+        rms = np.sqrt(squares / len(reference))
+        order = np.argsort(rms)
+        scales = np.maximum(rms[order], 1e-12)
+        cuts = np.nonzero(scales[1:] / scales[:-1] > SCALE_GAP)[0] + 1
+        if not len(cuts):
+            continue
+        spread = scales[-1] / scales[0]
+        if best is None or spread > best[0]:
+            best = (spread, axis, [np.sort(g) for g in np.split(order, cuts)])
+    return None if best is None else (best[1], best[2])
+
+
+def _describe_group(axis: int, channels: np.ndarray) -> str:
+    if len(channels) > 1 and np.all(np.diff(channels) == 1):
+        return f"axis {axis} [{channels[0]}:{channels[-1] + 1}]"
+    shown = ", ".join(str(c) for c in channels[:6]) + (", ..." if len(channels) > 6 else "")
+    return f"axis {axis} [{shown}]"
+
+
+def _group_cosines(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> tuple[float, str] | None:
+    found = channel_groups(reference)
+    if found is None:
+        return None
+    axis, groups = found
+    worst = None
+    for channels in groups:
+        cosines = []
+        for ref, cand in zip(reference, candidate):
+            r = np.take(np.asarray(ref, np.float64), channels, axis=axis).ravel()
+            c = np.take(np.asarray(cand, np.float64), channels, axis=axis).ravel()
+            finite = np.isfinite(r) & np.isfinite(c)
+            cosines.append(_cosine(r[finite], c[finite]))
+        value = float(np.mean(cosines))
+        if worst is None or value < worst[0]:
+            worst = (value, _describe_group(axis, channels))
+    return worst
 
 
 def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> ErrorStats:
@@ -72,6 +143,8 @@ def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
             ref_max = max(ref_max, float(np.max(np.abs(r))))
     diff = np.concatenate(diffs) if diffs else np.zeros(0)
     max_abs = float(diff.max()) if diff.size else 0.0
+    cosine = float(np.mean(cosines)) if cosines else 1.0
+    group = _group_cosines(reference, candidate) if reference else None
     return ErrorStats(
         max_abs=max_abs,
         mean_abs=float(diff.mean()) if diff.size else 0.0,
@@ -79,12 +152,14 @@ def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
         p90_abs=float(np.quantile(diff, 0.9)) if diff.size else 0.0,
         p99_abs=float(np.quantile(diff, 0.99)) if diff.size else 0.0,
         rel_max=max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf")),
-        cosine=float(np.mean(cosines)) if cosines else 1.0,
+        cosine=cosine,
         min_cosine=float(np.min(cosines)) if cosines else 1.0,
         ref_max_abs=ref_max,
         ref_nonfinite=ref_nonfinite,
         nonfinite=cand_nonfinite,
         elements=int(sum(d.size for d in diffs)),
+        group_cosine=group[0] if group else cosine,
+        worst_group=group[1] if group else "",
     )
 
 

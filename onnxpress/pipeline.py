@@ -24,7 +24,7 @@ import onnx_ir as ir
 from onnxpress import _proto, runtime, sandbox
 from onnxpress.calibration import Calibration, from_feeds
 from onnxpress.context import Metric, Pass, PassContext, pass_name, pass_statistics
-from onnxpress.errors import DataError, OnnxpressError, PassError, PipelineError
+from onnxpress.errors import AccuracyFloorError, DataError, OnnxpressError, PassError, PipelineError
 from onnxpress.feeds import check_feed, random_feeds
 from onnxpress.metrics import ErrorStats, compare
 from onnxpress.modelinfo import format_bytes, node_count, parameter_count
@@ -64,6 +64,7 @@ class PassRecord:
     checked: bool = False
     latency_ms: float | None = None
     kernels: dict[str, Any] | None = None
+    floor: dict[str, Any] | None = None
 
     @property
     def max_abs(self) -> float | None:
@@ -80,7 +81,7 @@ class PassRecord:
             "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
             "params_before": self.params_before, "params_after": self.params_after,
             "statistics": self.statistics, "checked": self.checked, "latency_ms": self.latency_ms,
-            "kernels": self.kernels,
+            "kernels": self.kernels, "floor": self.floor,
             "accuracy": None if self.accuracy is None else {k: v.to_dict() for k, v in self.accuracy.items()},
         }
 
@@ -140,12 +141,20 @@ class Pipeline:
         target: target profile name or path: the passes' context runs and times models there.
         input_shapes: input name -> shape for inputs generated when there is no calibration
             data (see ``feeds.random_feeds``).
+        accuracy_floor: the lowest cosine (per output, and per channel group of different scale
+            within an output) a lossy pass may leave, measured against the input model on
+            held-out data (the passes' evaluation split) after every lossy pass. A pass below
+            it gets its remedy (``Pass.remedy``: quantize keeps the costliest nodes float); if
+            it is still below, the run fails with ``AccuracyFloorError``. None: the target
+            profile's cosine tolerance when a target is named (recipes always name one, ``cpu``
+            by default), else no floor; 0 turns it off.
     """
 
     def __init__(self, passes: Sequence[ir.passes.PassBase], *, check: bool = True, golden_samples: int = 4,
                  lossless_rtol: float = 1e-4, lossless_atol: float = 1e-5, latency_runs: int = 10,
                  calibration: Any = None, evaluation: Any = None, target: str | None = None,
-                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+                 input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 accuracy_floor: float | None = None) -> None:
         if golden_samples < 0:
             raise ValueError(f"pipeline: golden_samples must be >= 0, got {golden_samples}")
         if latency_runs < 0:
@@ -163,6 +172,9 @@ class Pipeline:
         self.evaluation = evaluation
         self.target = target
         self.input_shapes = dict(input_shapes or {})
+        if accuracy_floor is not None and not 0.0 <= accuracy_floor <= 1.0:
+            raise ValueError(f"pipeline: accuracy_floor must be in [0, 1], got {accuracy_floor}")
+        self.accuracy_floor = accuracy_floor
 
     @classmethod
     def from_recipe(cls, recipe: str | os.PathLike | Any) -> "Pipeline":
@@ -174,9 +186,11 @@ class Pipeline:
 
         parsed = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
         base = parsed.path.parent if parsed.path is not None else None
+        options = dict(parsed.pipeline_options)
+        options.setdefault("accuracy_floor", None)
+        target = parsed.target or "cpu"  # a recipe's floor comes from its target's tolerances
         return cls(parsed.passes, calibration=_Source(parsed.calibration, base, "calibration"),
-                   evaluation=_Source(parsed.evaluation, base, "evaluation"), target=parsed.target,
-                   **parsed.pipeline_options)
+                   evaluation=_Source(parsed.evaluation, base, "evaluation"), target=target, **options)
 
     @staticmethod
     def pass_name(item: ir.passes.PassBase) -> str:
@@ -224,6 +238,7 @@ class Pipeline:
         runner = self.runner()
         context = PassContext.build(runner=runner, calibration=calib, evaluation=held_out, metric=metric)
         golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
+        floor = self._floor(runner, source, context, golden_feeds)
         golden_outputs = input_latency = None
         limited = sandbox.current() is not None
         if golden_feeds or limited:
@@ -246,6 +261,8 @@ class Pipeline:
                                 ) if progress else None
             before = (node_count(current), _proto.weight_bytes(current), parameter_count(current))
             start = time.perf_counter()
+            held = floor is not None and not getattr(item, "lossless", False)
+            previous = current.clone() if held and item.in_place else current
             try:
                 result = item.run_in(context, current) if isinstance(item, Pass) else item(current)
             except PassError:
@@ -276,11 +293,41 @@ class Pipeline:
                     record.accuracy = self._compare(golden_outputs, checked.outputs, name)
                     if getattr(item, "lossless", False):
                         self._enforce_lossless(name, record.accuracy)
+            if held and result.modified:
+                def recheck(model: ir.Model, name: str = name) -> tuple[runtime.RunResult, Any]:
+                    again = self._run_checked(runner, model, golden_feeds or [], f"pass '{name}'",
+                                              check=self.check, census=quantized)
+                    return again, (None if golden_outputs is None
+                                   else self._compare(golden_outputs, again.outputs, name))
+
+                current, record = floor.hold(item, name, context, previous, current, record, recheck)
+                if not record.floor["met"]:
+                    records.append(record)
+                    raise AccuracyFloorError(
+                        f"pass '{name}' breaks the accuracy floor: {record.floor['reason']}",
+                        PipelineResult(current, records, golden_source, golden_note, input_latency,
+                                       runner.target.name))
             records.append(record)
             logger.info("pass %s: %.2fs, %d -> %d nodes", name, seconds, record.nodes_before, record.nodes_after)
             if progress:
                 progress(ProgressEvent(index, total, name, record))
         return PipelineResult(current, records, golden_source, golden_note, input_latency, runner.target.name)
+
+    def _floor(self, runner: runtime.Runner, source: ir.Model, context: PassContext,
+               golden_feeds: list) -> _Floor | None:
+        """The accuracy floor in force for this run, with the data it is judged on, or None."""
+        value = self.accuracy_floor
+        if value is None and self.target is not None:
+            value = runner.target.cosine
+        if not value:
+            return None
+        if context.evaluation is not None:
+            feeds, data = context.evaluation.take(_FLOOR_SAMPLES), f"held-out data ({context.evaluation.name})"
+        elif golden_feeds:
+            feeds, data = golden_feeds, "the golden inputs (no held-out data: a consistency check)"
+        else:
+            return None
+        return _Floor(value, feeds, data, runner, source)
 
     def _golden_feeds(self, model: ir.Model, calib: Calibration | None):
         if self.golden_samples == 0:
@@ -324,6 +371,63 @@ class Pipeline:
                 raise PipelineError(
                     f"pass '{name}' is lossless but changed output '{output}': max-abs error "
                     f"{stats.max_abs:.3g} > {limit:.3g} (cosine {stats.cosine:.6f})")
+
+
+# Held-out feeds the accuracy floor is measured on, at most.
+_FLOOR_SAMPLES = 32
+
+
+class _Floor:
+    """The pipeline's accuracy floor: the input model's outputs on the floor's data, and the check
+    (and remedy) after a lossy pass."""
+
+    def __init__(self, value: float, feeds: list, data: str, runner: runtime.Runner, source: ir.Model) -> None:
+        self.value = value
+        self.feeds = feeds
+        self.data = data
+        self.runner = runner
+        # The input model ran on these feeds in the limited worker already (the proof run).
+        self.reference = runner.outputs(source, feeds, sandboxed=False)
+
+    def measure(self, model: ir.Model) -> dict[str, Any]:
+        """The worst output (or channel group) against the input model, as the record keeps it."""
+        stats = compare(self.reference, self.runner.outputs(model, self.feeds, sandboxed=False))
+        name = min(stats, key=lambda output: stats[output].worst_cosine)
+        worst = stats[name]
+        where = f"output '{name}'" + (f" {worst.worst_group}" if worst.group_cosine < worst.cosine else "")
+        return {"floor": self.value, "cosine": round(worst.worst_cosine, 6), "where": where, "data": self.data,
+                "met": worst.worst_cosine >= self.value}
+
+    def hold(self, item, name: str, context: PassContext, previous: ir.Model, current: ir.Model,
+             record: PassRecord, recheck) -> tuple[ir.Model, PassRecord]:
+        """Check ``current``; below the floor, run the pass's remedy on ``previous`` and keep it if
+        it does better. Returns the model to go on with and its record (``record.floor`` says)."""
+        record.floor = first = self.measure(current)
+        if first["met"]:
+            return current, record
+        remedy = item.remedy(self.value) if isinstance(item, Pass) else None
+        if remedy is None:
+            first["reason"] = (f"{first['where']} cosine {first['cosine']:.6f} < {self.value:g} on {self.data}; "
+                               "the pass has no remedy")
+            return current, record
+        context.say(f"{first['where']} cosine {first['cosine']:.6f} < floor {self.value:g}: trying its remedy")
+        result = remedy.run_in(context, previous)
+        second = self.measure(result.model)
+        if second["cosine"] < first["cosine"]:
+            first["reason"] = (f"{first['where']} cosine {first['cosine']:.6f} < {self.value:g} on {self.data}; "
+                               f"its remedy did worse ({second['cosine']:.6f})")
+            return current, record
+        checked, accuracy = recheck(result.model)
+        record.statistics = {**pass_statistics(result), "remedy": {"floor": self.value, "before": first}}
+        record.modified = result.modified
+        record.nodes_after, record.bytes_after = node_count(result.model), _proto.weight_bytes(result.model)
+        record.params_after = parameter_count(result.model)
+        record.latency_ms, record.kernels, record.accuracy = checked.quick_latency_ms, checked.census, accuracy
+        record.floor = second
+        if not second["met"]:
+            second["reason"] = (f"{second['where']} cosine {second['cosine']:.6f} < {self.value:g} on {self.data}, "
+                                f"even after its remedy (before it: {first['cosine']:.6f})")
+        return result.model, record
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ target = "cpu"                 # optional: a built-in target or a profile file
 [pipeline]                     # optional
 check = true
 golden_samples = 4
+accuracy_floor = 0.99          # lowest cosine a lossy pass may leave (default: the target's tolerance)
 input_shapes = { images = [1, 3, 640, 640] }   # shapes of generated inputs (golden, verdict);
                                # without them unknown sizes are found by trial runs
 
@@ -43,7 +44,7 @@ from onnxpress.feeds import check_input_shapes
 
 _TOP_KEYS = {"description", "target", "pipeline", "calibration", "evaluation", "passes"}
 _PIPELINE_KEYS = {"check": bool, "golden_samples": int, "lossless_rtol": float, "lossless_atol": float,
-                  "latency_runs": int, "input_shapes": dict[str, list[int]]}
+                  "latency_runs": int, "input_shapes": dict[str, list[int]], "accuracy_floor": float}
 
 
 @dataclass

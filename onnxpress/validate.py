@@ -225,6 +225,9 @@ def _judge_accuracy(report: ValidationReport, profile: Target, reference: list, 
         cosine, max_abs = profile.tolerance(name, "cosine"), profile.tolerance(name, "max_abs")
         if stats.cosine < cosine:
             report.failures.append(f"output '{name}': cosine {stats.cosine:.6f} < {cosine:g}")
+        elif stats.group_cosine < cosine:  # a channel group of another scale, hidden by the rest
+            report.failures.append(f"output '{name}' {stats.worst_group}: cosine {stats.group_cosine:.6f} < "
+                                   f"{cosine:g} (channels of a different scale than the rest of the output)")
         if max_abs > 0 and stats.max_abs > max_abs:
             report.failures.append(f"output '{name}': max-abs error {stats.max_abs:.3g} > {max_abs:g}")
     first = next(iter(reference[0]))

@@ -119,6 +119,16 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         static = self._mode(self._preset(model)) == "static"
         return static or self.smoothquant is True or self._accuracy_target() or self.latency_aware
 
+    def remedy(self, floor: float) -> Quantize | None:
+        """The same quantization with the accuracy-aware fallback aiming at ``floor``."""
+        if self.target_cosine is not None and self.target_cosine >= floor:
+            return None  # it already aimed at least that high
+        from onnxpress import registry
+
+        # Options are kept as public attributes of the same names (STYLE.md).
+        options = {name: getattr(self, name) for name in registry.options(type(self))}
+        return type(self)(**{**options, "target_cosine": floor})
+
     def _accuracy_target(self) -> bool:
         return self.target_cosine is not None or self.max_metric_drop is not None
 

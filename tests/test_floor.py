@@ -1,0 +1,113 @@
+"""The accuracy floor acts: a lossy pass below it gets its remedy, else the run fails naming the
+pass and nothing is saved; accuracy is judged per channel group where an output mixes scales."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import onnxpress as ox
+from onnxpress.cli import main
+from onnxpress.errors import AccuracyFloorError
+from onnxpress.metrics import compare
+
+# A detector head: boxes (in hundreds) and class scores (in [0, 1]) concatenated in one output,
+# as YOLO exports do. One int8 scale for the Concat zeroes every score.
+DETECTOR = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 3, 16, 16] x) => (float[1, 12, 256] out) {
+    boxes = Conv <pads = [1, 1, 1, 1]> (x, wb, bb)
+    logits = Conv <pads = [1, 1, 1, 1]> (x, ws, bs)
+    scores = Sigmoid(logits)
+    both = Concat <axis = 1> (boxes, scores)
+    out = Reshape(both, shape)
+}
+"""
+
+
+def _detector() -> ir.Model:
+    model = ir.from_onnx_text(DETECTOR)
+    rng = np.random.default_rng(0)
+    arrays = {"wb": rng.standard_normal((4, 3, 3, 3)) * 40, "bb": np.full(4, 300.0),
+              "ws": rng.standard_normal((8, 3, 3, 3)) * 0.5, "bs": np.full(8, -2.0)}
+    values = {v.name: v for node in model.graph for v in node.inputs if v is not None}
+    for name, array in arrays.items():
+        values[name].const_value = ir.tensor(array.astype(np.float32), name=name)
+        model.graph.register_initializer(values[name])
+    values["shape"].const_value = ir.tensor(np.array([1, 12, 256], np.int64), name="shape")
+    model.graph.register_initializer(values["shape"])
+    return model
+
+
+def _feeds(count: int, seed: int = 1) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(count)]
+
+
+class _Noise(ox.Pass, ir.passes.InPlacePass):
+    """Adds large noise to every float weight (a lossy pass with no remedy)."""
+
+    name = "noise"
+
+    def call(self, model):
+        rng = np.random.default_rng(0)
+        for value in model.graph.initializers.values():
+            array = value.const_value.numpy()
+            if array.dtype == np.float32:
+                noisy = array + rng.standard_normal(array.shape).astype(np.float32) * 50
+                value.const_value = ir.tensor(noisy, name=value.name)
+        return ox.PassResult(model, modified=True, statistics={})
+
+
+def test_a_score_head_destroyed_behind_a_high_overall_cosine_is_seen():
+    model = _detector()
+    feeds = _feeds(40)
+    result = ox.Pipeline([ox.passes.Quantize()], accuracy_floor=0).run(model, feeds[:32])
+    stats = compare(ox.runtime.run_model(model, feeds[32:]), ox.runtime.run_model(result.model, feeds[32:]))["out"]
+    assert stats.cosine > 0.999  # what an overall cosine says
+    assert stats.group_cosine < 0.1 and stats.worst_group == "axis 1 [4:12]"  # the scores are gone
+    report = ox.validate(result.model, reference=model, data=feeds[32:], measure_latency=False,
+                         measure_memory=False)
+    assert not report.passed
+    assert any("output 'out' axis 1 [4:12]: cosine" in f for f in report.failures), report.failures
+
+
+def test_quantize_below_the_floor_is_remedied():
+    model = _detector()
+    result = ox.Pipeline([ox.passes.Quantize()], accuracy_floor=0.99).run(model, _feeds(32))
+    record = result.records[0]
+    assert record.floor["met"] and record.floor["cosine"] >= 0.99
+    assert "held-out data" in record.floor["data"]
+    assert record.statistics["remedy"]["before"]["cosine"] < 0.1
+    assert record.statistics["remedy"]["before"]["where"] == "output 'out' axis 1 [4:12]"
+    assert record.statistics["fallback"]["target_met"]
+
+
+def test_a_pass_with_no_remedy_below_the_floor_fails_naming_it(small_model):
+    feeds = [{"x": np.random.default_rng(i).standard_normal((2, 4)).astype(np.float32)} for i in range(12)]
+    with pytest.raises(AccuracyFloorError, match="pass 'noise' breaks the accuracy floor: output 'y' cosine") as err:
+        ox.Pipeline([ox.passes.Simplify(), _Noise()], target="cpu").run(small_model, feeds)
+    assert "the pass has no remedy" in str(err.value)
+    assert [r.name for r in err.value.result.records] == ["simplify", "noise"]
+    # without a target there is no floor unless one is set
+    assert ox.Pipeline([_Noise()]).run(small_model, feeds).records[0].floor is None
+
+
+def test_the_cli_writes_nothing_below_the_floor_unless_asked(tmp_path, capsys, monkeypatch, small_model):
+    from onnxpress import registry
+
+    monkeypatch.setitem(registry._extra, "noise", _Noise)
+    model = ox.save(small_model, tmp_path / "in.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((24, 4)).astype(np.float32))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[calibration]\nsource = "calib.npz"\n[[passes]]\nname = "noise"\n')
+    out = tmp_path / "out.onnx"
+    assert main(["run", str(model), "--recipe", str(recipe), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("onnxpress: error: pass 'noise' breaks the accuracy floor"), err
+    assert not out.exists()
+    assert main(["run", str(model), "--recipe", str(recipe), "-o", str(out), "--keep-failed"]) == 1
+    assert out.exists() and "--keep-failed" in capsys.readouterr().err
+    recipe.write_text('[pipeline]\naccuracy_floor = 0.0\n[calibration]\nsource = "calib.npz"\n'
+                      '[[passes]]\nname = "noise"\n')
+    assert main(["run", str(model), "--recipe", str(recipe), "-o", str(tmp_path / "off.onnx")]) == 0
