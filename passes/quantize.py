@@ -229,6 +229,9 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         if mode == "static":
             ranges, corrected = self._calibrate(prepared, nodes, reduce_range)
             stats["bias_corrected"] = corrected
+            mixed = _mixed_range_joins(prepared, nodes, ranges)
+            nodes = [n for n in nodes if n not in mixed]
+            floating.update(mixed)
         candidate = self._quantize(prepared, nodes, ranges, settings)
         if self._accuracy_target() and reference is not None:
             candidate, nodes, fallback = self._fallback(prepared, pristine, candidate, nodes, ranges, settings,
@@ -458,6 +461,32 @@ class Quantize(Pass, ir.passes.FunctionalPass):
 
 def _rounded(score: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) for k, v in score.items()}
+
+
+# Inputs of a join whose ranges differ more than this keep the join float (see _mixed_range_joins).
+_RANGE_GAP = 10.0
+
+
+def _mixed_range_joins(model: ir.Model, nodes: list[str], ranges: dict) -> dict[str, str]:
+    """Concat nodes among ``nodes`` whose inputs' ranges differ by more than ``_RANGE_GAP``.
+
+    A quantized Concat has one scale for all its inputs (ONNX Runtime's QLinearConcat wants
+    them equal); a detector's boxes (hundreds) beside its class scores ([0, 1]) would leave the
+    scores a few int8 levels, or none. Kept float, each input keeps its own scale.
+    """
+    found = {}
+    by_name = {n.name: n for n in model.graph}
+    for name in nodes:
+        node = by_name.get(name)
+        if node is None or node.op_type != "Concat":
+            continue
+        spans = [max(abs(low), abs(high)) for low, high in
+                 (ranges.get(v.name, (0.0, 0.0)) for v in node.inputs if v is not None and v.name in ranges)]
+        spans = [span for span in spans if span > 0]
+        if len(spans) >= 2 and max(spans) / min(spans) > _RANGE_GAP:
+            found[name] = (f"Concat of inputs whose ranges differ {max(spans) / min(spans):.0f}x "
+                           f"({min(spans):.3g} to {max(spans):.3g}): one int8 scale would flatten the smaller")
+    return found
 
 
 def _subgraph_nodes(node: ir.Node):

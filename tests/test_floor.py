@@ -60,26 +60,39 @@ class _Noise(ox.Pass, ir.passes.InPlacePass):
 
 
 def test_a_score_head_destroyed_behind_a_high_overall_cosine_is_seen():
-    model = _detector()
-    feeds = _feeds(40)
-    result = ox.Pipeline([ox.passes.Quantize()], accuracy_floor=0).run(model, feeds[:32])
-    stats = compare(ox.runtime.run_model(model, feeds[32:]), ox.runtime.run_model(result.model, feeds[32:]))["out"]
+    model, broken = _detector(), _detector()
+    for value, array in ((broken.graph.initializers["ws"], np.zeros((8, 3, 3, 3))),
+                         (broken.graph.initializers["bs"], np.full(8, -30.0))):
+        value.const_value = ir.tensor(array.astype(np.float32), name=value.name)  # every score ~0
+    feeds = _feeds(8)
+    stats = compare(ox.runtime.run_model(model, feeds), ox.runtime.run_model(broken, feeds))["out"]
     assert stats.cosine > 0.999  # what an overall cosine says
-    assert stats.group_cosine < 0.1 and stats.worst_group == "axis 1 [4:12]"  # the scores are gone
-    report = ox.validate(result.model, reference=model, data=feeds[32:], measure_latency=False,
-                         measure_memory=False)
+    assert stats.group_cosine < 0.2 and stats.worst_group == "axis 1 [4:12]"  # the scores are gone
+    report = ox.validate(broken, reference=model, data=feeds, measure_latency=False, measure_memory=False)
     assert not report.passed
     assert any("output 'out' axis 1 [4:12]: cosine" in f for f in report.failures), report.failures
 
 
+def test_quantize_keeps_a_concat_of_boxes_and_scores_float():
+    """One int8 scale for boxes in hundreds and scores in [0, 1] zeroes the scores (ONNX
+    Runtime's own quantizer does that); the Concat stays float and says why."""
+    model = _detector()
+    feeds = _feeds(40)
+    result = ox.Pipeline([ox.passes.Quantize()], accuracy_floor=0).run(model, feeds[:32])
+    floating = result.records[0].statistics["float_nodes"]
+    assert any("Concat of inputs whose ranges differ" in why for why in floating.values()), floating
+    stats = compare(ox.runtime.run_model(model, feeds[32:]), ox.runtime.run_model(result.model, feeds[32:]))["out"]
+    assert stats.group_cosine > 0.999 and stats.cosine > 0.999
+    assert result.records[0].statistics["quantized_nodes"] >= 3  # the convolutions are int8
+
+
 def test_quantize_below_the_floor_is_remedied():
     model = _detector()
-    result = ox.Pipeline([ox.passes.Quantize()], accuracy_floor=0.99).run(model, _feeds(32))
+    result = ox.Pipeline([ox.passes.Quantize()], accuracy_floor=0.99999).run(model, _feeds(32))
     record = result.records[0]
-    assert record.floor["met"] and record.floor["cosine"] >= 0.99
+    assert record.floor["met"] and record.floor["cosine"] >= 0.99999
     assert "held-out data" in record.floor["data"]
-    assert record.statistics["remedy"]["before"]["cosine"] < 0.1
-    assert record.statistics["remedy"]["before"]["where"] == "output 'out' axis 1 [4:12]"
+    assert record.statistics["remedy"]["before"]["cosine"] < 0.99999
     assert record.statistics["fallback"]["target_met"]
 
 
