@@ -238,7 +238,6 @@ class Pipeline:
         runner = self.runner()
         context = PassContext.build(runner=runner, calibration=calib, evaluation=held_out, metric=metric)
         golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
-        floor = self._floor(runner, source, context, golden_feeds)
         golden_outputs = input_latency = None
         limited = sandbox.current() is not None
         if golden_feeds or limited:
@@ -250,6 +249,7 @@ class Pipeline:
                                         keep=len(golden_feeds))
             golden_outputs = checked.outputs if golden_feeds else None
             input_latency = checked.quick_latency_ms
+        floor = self._floor(runner, source, context, golden_feeds)  # runs the input model: after its proof
         current = source.clone()
         records = []
         total = len(self.passes)
