@@ -71,7 +71,7 @@ class ResNet18(nn.Module):
 def resnet18(num_classes: int = 1000, seed: int = 0) -> ResNet18:
     """ResNet-18 with seeded random weights and non-trivial batch-norm statistics, in eval mode."""
     torch.manual_seed(seed)
-    return _randomise_bn(ResNet18(num_classes)).eval()
+    return randomise_bn(ResNet18(num_classes)).eval()
 
 
 # --------------------------------------------------------------------------- MobileNetV3-small
@@ -145,10 +145,10 @@ class MobileNetV3Small(nn.Module):
 def mobilenet_v3_small(num_classes: int = 1000, seed: int = 0) -> MobileNetV3Small:
     """MobileNetV3-small with seeded random weights and non-trivial batch-norm statistics."""
     torch.manual_seed(seed)
-    return _randomise_bn(MobileNetV3Small(num_classes)).eval()
+    return randomise_bn(MobileNetV3Small(num_classes)).eval()
 
 
-def _randomise_bn(model: nn.Module) -> nn.Module:
+def randomise_bn(model: nn.Module) -> nn.Module:
     # Default BN statistics (mean 0, var 1, weight 1, bias 0) make folding trivially exact;
     # random ones exercise the arithmetic a trained network has.
     with torch.no_grad():

@@ -22,18 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def _randomise_bn(model: nn.Module) -> nn.Module:
-    # Default statistics (mean 0, var 1, weight 1, bias 0) make folding exact; random ones are
-    # what a trained network has.
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.1, 0.1)
-    return model
+from onnxpress.samples.architectures import randomise_bn as _randomise_bn
 
 
 # ------------------------------------------------------------------------------------- YOLO
