@@ -3,7 +3,6 @@ exposes intermediate tensors as outputs. Pure functions over the IR; no runtime 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import weakref
 import zlib
@@ -15,7 +14,6 @@ import onnx_ir.passes.common as common_passes
 
 from onnxpress import _proto
 
-logger = logging.getLogger(__name__)
 
 
 def fingerprint(model: ir.Model, *, content: bool = False) -> str:

@@ -183,7 +183,6 @@ def _run_candidate(report: ValidationReport, runner: runtime.Runner, model: ir.M
     if shape_ops:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(shape_ops.items()))
         report.notes.append(f"shape computations ran on the CPU, as ONNX Runtime places them: {ops}")
-    report.unplaced = unplaced
     _fail_unplaced(report, unplaced, primary)
     return outputs
 

@@ -1,7 +1,6 @@
 """Prune: zero weights (unstructured, N:M) or remove whole channels and neurons (structured)."""
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,7 +13,6 @@ from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import deflated_size, fingerprint, model_flops
 from onnxpress.passes._common import constant, reject_option, set_initializer
 
-logger = logging.getLogger(__name__)
 
 Criterion = Literal["magnitude", "importance", "random"]
 Granularity = Literal["unstructured", "n:m", "structured"]
