@@ -33,7 +33,7 @@ class EdgeBundle:
     folder: Path
     model_bytes: int
     operators: dict[str, list[str]]  # "domain;opset" -> sorted op types
-    min_cosine: float | None
+    min_cosine: float | None  # the worst ErrorStats.score (1 - relative error for one-value outputs)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -81,7 +81,7 @@ def write_edge_bundle(model: ir.Model, folder: str | os.PathLike, *, runner: run
         if feeds:
             got = runner.run_file(staging / "model.ort", feeds)
             expected = runner.outputs(model, feeds)
-            min_cosine = min(s.cosine for s in compare(expected, got).values())
+            min_cosine = min(s.score for s in compare(expected, got).values())
         bundle = EdgeBundle(destination.resolve(), (staging / "model.ort").stat().st_size, operators, min_cosine)
         (staging / "bundle.json").write_text(json.dumps(
             {**bundle.to_dict(), "optimization": optimization, "files": list(BUNDLE_FILES)}, indent=2))

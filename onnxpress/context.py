@@ -147,10 +147,11 @@ class PassContext:
         return self.runner.outputs(model, chosen, sandboxed=False)
 
     def score(self, reference_outputs: list[dict[str, np.ndarray]], candidate: ir.Model) -> dict[str, float]:
-        """``cosine``: the worst output's mean cosine against ``reference_outputs`` on the
-        evaluation data, channel groups of different scale judged apart (see
-        ``metrics.ErrorStats.worst_cosine``); ``metric_drop``: the task metric's drop, when a
-        metric is set.
+        """``cosine``: the worst output's figure against ``reference_outputs`` on the evaluation
+        data (``metrics.ErrorStats.score``): its mean cosine, channel groups of different scale
+        judged apart, or for an output of one value per row ``1 - relative error`` (a cosine is
+        blind there), the figure the pipeline's accuracy floor compares; ``metric_drop``: the
+        task metric's drop, when a metric is set.
 
         Searches score one candidate after another and drop the last; onnx_ir graphs hold
         reference cycles, so the dropped ones are collected here rather than piling up.
@@ -158,7 +159,7 @@ class PassContext:
         gc.collect()
         outputs = self.outputs(candidate)
         stats = compare(reference_outputs, outputs)
-        result = {"cosine": min(s.worst_cosine for s in stats.values())}
+        result = {"cosine": min(s.score for s in stats.values())}
         if self.metric is not None:
             result["metric_drop"] = float(self.metric(reference_outputs)) - float(self.metric(outputs))
         return result

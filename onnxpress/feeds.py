@@ -422,6 +422,41 @@ def _rows(table: ir.Value, axis: int) -> int | None:
     return dim if isinstance(dim, int) and dim >= 0 else None
 
 
+def unshaped_inputs(model: ir.Model) -> list[str]:
+    """The graph inputs (needing a feed) that declare a type but no shape."""
+    return [spec.name for spec in input_specs(model) if spec.shape is None]
+
+
+def declare_ranks(model: ir.Model, feeds: Sequence[Feed], input_shapes: InputShapes | None = None) -> dict[str, int]:
+    """Give each graph input declared without a shape the rank of its data, every dim unknown.
+
+    ONNX Runtime feeds such an input any rank, but the ONNX checker refuses the model ("Field
+    'shape' of 'type' is required but missing"), and ONNX has no unknown rank it accepts. With
+    the rank taken from ``feeds`` (else from ``input_shapes``) and every dim unknown, as dims
+    written -1 or 0 are on load, the model is checked and written as a valid file and still
+    takes any size. Edits ``model`` in place; returns input name -> rank given.
+
+    Raises:
+        DataError: the feeds give an input in different ranks.
+    """
+    given = check_input_shapes(input_shapes)
+    declared = {}
+    for value in model.graph.inputs:
+        if value.shape is not None or value.name in model.graph.initializers:
+            continue
+        ranks = {np.ndim(feed[value.name]) for feed in feeds if value.name in feed}
+        if not ranks and value.name in given:
+            ranks = {len(given[value.name])}
+        if len(ranks) > 1:
+            raise DataError(f"input '{value.name}' declares no shape and the data gives it ranks "
+                            f"{sorted(ranks)}: give it in one rank")
+        if ranks:
+            rank = ranks.pop()
+            value.shape = ir.Shape([None] * rank)
+            declared[value.name] = rank
+    return declared
+
+
 def check_feed(model: ir.Model, feed: Feed, where: str = "data") -> None:
     """Raise ``DataError`` unless ``feed`` has every input with the right rank and dtype."""
     specs = {spec.name: spec for spec in input_specs(model)}

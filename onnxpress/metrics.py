@@ -1,4 +1,19 @@
-"""Error statistics between reference and candidate outputs, and task metrics."""
+"""Error statistics between reference and candidate outputs, and task metrics.
+
+Which measure judges an output:
+
+- An output of several values per row (per index of its first axis, the batch) is judged by
+  its cosine to the reference, per sample and per channel group of different scale
+  (``ErrorStats.worst_cosine``).
+- An output of one value per row (a regression ``[N, 1]``, a probability, a label, a scalar) is
+  judged by its relative error, ``max|candidate - reference| / max|reference|`` over all samples
+  (``ErrorStats.rel_max``): a cosine over one value is 1 whenever the signs agree, and one over
+  a batch of them does not see the whole column scaled (0.78 -> 0.44 has cosine 1).
+
+Both end in one figure, ``ErrorStats.score`` (1 is exact), which verdicts and the accuracy
+floor compare with a cosine tolerance ``c``: a one-value output meets it when its relative error
+is at most ``1 - c`` (0.99: 1 % of the reference's largest magnitude).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -7,6 +22,10 @@ from typing import Mapping, Sequence
 import numpy as np
 
 Outputs = Mapping[str, np.ndarray]
+
+# What judges an output (``ErrorStats.measure``).
+COSINE = "cosine"
+RELATIVE_ERROR = "relative error"
 
 
 @dataclass(frozen=True)
@@ -19,6 +38,8 @@ class ErrorStats:
     channels mix quantities of different scale (a detector's boxes, in hundreds, beside class
     scores in [0, 1]): there a destroyed score head hides behind a high overall cosine.
     ``groups`` names those groups (``"axis 1 [4:84]"``); both are the overall values otherwise.
+    ``measure`` is what judges the output: ``"cosine"``, or ``"relative error"`` for an output of
+    one value per row (see the module's docstring and ``score``).
     """
 
     max_abs: float
@@ -35,14 +56,35 @@ class ErrorStats:
     elements: int
     group_cosine: float = 1.0
     worst_group: str = ""
+    measure: str = COSINE
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "score": self.score}
 
     @property
     def worst_cosine(self) -> float:
         """The lower of the overall cosine and the worst channel group's."""
         return min(self.cosine, self.group_cosine)
+
+    @property
+    def score(self) -> float:
+        """The figure a cosine tolerance ``c`` is compared with (1 is exact, at least -1).
+
+        ``worst_cosine`` for an output judged by cosine; ``1 - rel_max`` for one judged by its
+        relative error, so that ``score >= c`` holds exactly when the relative error is at most
+        ``1 - c``. Verdicts (``validate``), the pipeline's accuracy floor and the passes' own
+        searches (``PassContext.score``) all compare this one figure.
+        """
+        if self.measure == RELATIVE_ERROR:
+            return max(-1.0, 1.0 - self.rel_max)
+        return self.worst_cosine
+
+    def judged(self) -> str:
+        """What judged the output, with its value: ``cosine 0.998765`` (the worst channel group's
+        when lower) or ``relative error 0.0123``."""
+        if self.measure == RELATIVE_ERROR:
+            return f"relative error {self.rel_max:.3g}"
+        return f"cosine {self.worst_cosine:.6f}"
 
     def within(self, *, atol: float, rtol: float) -> bool:
         """Whether every element is within ``atol + rtol * max|reference|`` (and finite)."""
@@ -119,8 +161,17 @@ def _group_cosines(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarr
     return worst
 
 
+def values_per_row(shape: Sequence[int]) -> int:
+    """Values per index of the first axis (the batch): 1 for a scalar, ``[N]`` and ``[N, 1]``."""
+    return int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+
+
 def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> ErrorStats:
-    """Compare one output across samples (lists of arrays of equal shapes, pairwise)."""
+    """Compare one output across samples (lists of arrays of equal shapes, pairwise).
+
+    The output is judged by its relative error when the reference has one value per row
+    (``values_per_row``), else by its cosine (see the module's docstring).
+    """
     if len(reference) != len(candidate):
         raise ValueError("reference and candidate have different sample counts")
     diffs, cosines = [], []
@@ -160,6 +211,7 @@ def error_stats(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
         elements=int(sum(d.size for d in diffs)),
         group_cosine=group[0] if group else cosine,
         worst_group=group[1] if group else "",
+        measure=RELATIVE_ERROR if reference and values_per_row(np.shape(reference[0])) == 1 else COSINE,
     )
 
 

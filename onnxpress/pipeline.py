@@ -25,8 +25,8 @@ from onnxpress import _proto, runtime, sandbox
 from onnxpress.calibration import Calibration, from_feeds
 from onnxpress.context import Metric, Pass, PassContext, pass_name, pass_statistics
 from onnxpress.errors import AccuracyFloorError, DataError, OnnxpressError, PassError, PipelineError
-from onnxpress.feeds import check_feed, random_feeds
-from onnxpress.metrics import ErrorStats, compare
+from onnxpress.feeds import check_feed, declare_ranks, random_feeds, unshaped_inputs
+from onnxpress.metrics import COSINE, RELATIVE_ERROR, ErrorStats, compare
 from onnxpress.modelinfo import format_bytes, node_count, parameter_count
 
 logger = logging.getLogger(__name__)
@@ -143,9 +143,11 @@ class Pipeline:
             data (see ``feeds.random_feeds``).
         accuracy_floor: the lowest cosine (per output, and per channel group of different scale
             within an output) a lossy pass may leave, measured against the input model on
-            held-out data (the passes' evaluation split) after every lossy pass. A pass below
-            it gets its remedy (``Pass.remedy``: quantize keeps the costliest nodes float); if
-            it is still below, the run fails with ``AccuracyFloorError``. None: the target
+            held-out data (the passes' evaluation split) after every lossy pass. An output of one
+            value per row (a regression, a probability), where a cosine is blind, is held to a
+            relative error of ``1 - accuracy_floor`` instead (``metrics.ErrorStats.score``). A
+            pass below it gets its remedy (``Pass.remedy``: quantize keeps the costliest nodes
+            float); if it is still below, the run fails with ``AccuracyFloorError``. None: the target
             profile's cosine tolerance when a target is named (recipes always name one, ``cpu``
             by default), else no floor; 0 turns it off.
     """
@@ -238,6 +240,7 @@ class Pipeline:
         runner = self.runner()
         context = PassContext.build(runner=runner, calibration=calib, evaluation=held_out, metric=metric)
         golden_feeds, golden_source, golden_note = self._golden_feeds(source, calib)
+        source = self._declare_ranks(source, calib, golden_feeds)
         golden_outputs = input_latency = None
         limited = sandbox.current() is not None
         if golden_feeds or limited:
@@ -329,6 +332,31 @@ class Pipeline:
             return None
         return _Floor(value, feeds, data, runner, source)
 
+    def _declare_ranks(self, source: ir.Model, calib: Calibration | None, golden_feeds: list) -> ir.Model:
+        """``source``, or a copy of it whose inputs declared without a shape have the rank of the
+        data and unknown dims (``feeds.declare_ranks``): the ONNX checker refuses an input
+        without a shape, so the checks after each pass and the output model need one.
+
+        Raises:
+            DataError: the checks are on and an input without a shape has no data to read its
+                rank from.
+        """
+        missing = unshaped_inputs(source)
+        if not missing:
+            return source
+        source = source.clone()  # the caller's model is left as it was
+        feeds = golden_feeds or (calib.take(1) if calib is not None else [])
+        declared = declare_ranks(source, feeds, self.input_shapes)
+        for name, rank in declared.items():
+            logger.warning("input '%s' declares no shape, which the ONNX checker refuses: checked and written "
+                           "with the rank of the data (%d), every dim unknown", name, rank)
+        left = [name for name in missing if name not in declared]
+        if left and self.check:
+            raise DataError(f"input '{left[0]}' declares no shape, which the ONNX checker refuses: give "
+                            "calibration data (its rank is read from it), or its shape with --input-shape "
+                            "NAME=1x3x224x224 (input_shapes= in the API)")
+        return source
+
     def _golden_feeds(self, model: ir.Model, calib: Calibration | None):
         if self.golden_samples == 0:
             return [], None, "accuracy not tracked (golden_samples = 0)"
@@ -390,13 +418,27 @@ class _Floor:
         self.reference = runner.outputs(source, feeds, sandboxed=False)
 
     def measure(self, model: ir.Model) -> dict[str, Any]:
-        """The worst output (or channel group) against the input model, as the record keeps it."""
+        """The worst output (or channel group) against the input model, as the record keeps it.
+
+        Outputs are ranked by ``ErrorStats.score``: the worst cosine, or for an output of one
+        value per row ``1 - relative error`` (a cosine is blind there), so the floor ``f`` holds
+        such an output to a relative error of ``1 - f``. ``cosine`` is that figure, ``measure``
+        and ``judged`` say which measure gave it, with its own value.
+        """
         stats = compare(self.reference, self.runner.outputs(model, self.feeds, sandboxed=False))
-        name = min(stats, key=lambda output: stats[output].worst_cosine)
+        name = min(stats, key=lambda output: stats[output].score)
         worst = stats[name]
-        where = f"output '{name}'" + (f" {worst.worst_group}" if worst.group_cosine < worst.cosine else "")
-        return {"floor": self.value, "cosine": round(worst.worst_cosine, 6), "where": where, "data": self.data,
-                "met": worst.worst_cosine >= self.value}
+        grouped = worst.measure == COSINE and worst.group_cosine < worst.cosine
+        where = f"output '{name}'" + (f" {worst.worst_group}" if grouped else "")
+        return {"floor": self.value, "cosine": round(worst.score, 6), "measure": worst.measure,
+                "judged": worst.judged(), "where": where, "data": self.data, "met": worst.score >= self.value}
+
+    def _below(self, measured: dict[str, Any]) -> str:
+        """``output 'y' cosine 0.912345 < floor 0.99``, or the relative error against ``1 - floor``."""
+        if measured["measure"] == RELATIVE_ERROR:
+            return (f"{measured['where']} {measured['judged']} > {1.0 - self.value:.3g} (1 - floor {self.value:g}: "
+                    "an output of one value per row is judged by its relative error)")
+        return f"{measured['where']} {measured['judged']} < floor {self.value:g}"
 
     def hold(self, item, name: str, context: PassContext, previous: ir.Model, current: ir.Model,
              record: PassRecord, recheck) -> tuple[ir.Model, PassRecord]:
@@ -407,15 +449,14 @@ class _Floor:
             return current, record
         remedy = item.remedy(self.value) if isinstance(item, Pass) else None
         if remedy is None:
-            first["reason"] = (f"{first['where']} cosine {first['cosine']:.6f} < {self.value:g} on {self.data}; "
-                               "the pass has no remedy")
+            first["reason"] = f"{self._below(first)} on {self.data}; the pass has no remedy"
             return current, record
-        context.say(f"{first['where']} cosine {first['cosine']:.6f} < floor {self.value:g}: trying its remedy")
+        context.say(f"{self._below(first)}: trying its remedy")
         result = remedy.run_in(context, previous)
         second = self.measure(result.model)
         if second["cosine"] < first["cosine"]:
-            first["reason"] = (f"{first['where']} cosine {first['cosine']:.6f} < {self.value:g} on {self.data}; "
-                               f"its remedy did worse ({second['cosine']:.6f})")
+            first["reason"] = (f"{self._below(first)} on {self.data}; its remedy did worse "
+                               f"({second['where']} {second['judged']})")
             return current, record
         checked, accuracy = recheck(result.model)
         record.statistics = {**pass_statistics(result), "remedy": {"floor": self.value, "before": first}}
@@ -425,8 +466,8 @@ class _Floor:
         record.latency_ms, record.kernels, record.accuracy = checked.quick_latency_ms, checked.census, accuracy
         record.floor = second
         if not second["met"]:
-            second["reason"] = (f"{second['where']} cosine {second['cosine']:.6f} < {self.value:g} on {self.data}, "
-                                f"even after its remedy (before it: {first['cosine']:.6f})")
+            second["reason"] = (f"{self._below(second)} on {self.data}, even after its remedy (before it: "
+                                f"{first['where']} {first['judged']})")
         return result.model, record
 
 

@@ -88,8 +88,8 @@ class ValidationReport:
             width = max(len(r[0]) for r in rows)
             lines.append(f"{'':<{width}}  {'reference':>14}  {'candidate':>14}")
             lines += [f"{name:<{width}}  {ref:>14}  {cand:>14}" for name, ref, cand in rows]
-        lines += [f"output {name}: cosine {stats.cosine:.6f}, max-abs {stats.max_abs:.3g}"
-                  for name, stats in self.metrics.items()]
+        lines += [f"output {name}: cosine {stats.cosine:.6f}, max-abs {stats.max_abs:.3g}, judged by "
+                  f"{stats.judged()}" for name, stats in self.metrics.items()]
         if self.top1_agreement is not None:
             lines.append(f"top-1 agreement: {self.top1_agreement:.4f}")
         if self.layerwise and self.layerwise["first_jump"]:
@@ -112,9 +112,11 @@ class ValidationReport:
             lines += ["| | reference | candidate |", "|---|---|---|"]
             lines += [f"| {a} | {b} | {c} |" for a, b, c in rows] + [""]
         if self.metrics:
-            lines += ["| output | cosine | max-abs | mean-abs | p99-abs | NaN/Inf |", "|---|---|---|---|---|---|"]
+            lines += ["| output | judged by | cosine | max-abs | mean-abs | p99-abs | NaN/Inf |",
+                      "|---|---|---|---|---|---|---|"]
             for name, s in self.metrics.items():
-                lines.append(f"| {name} | {s.cosine:.6f} | {s.max_abs:.3g} | {s.mean_abs:.3g} | {s.p99_abs:.3g} | {s.nonfinite} |")
+                lines.append(f"| {name} | {s.judged()} | {s.cosine:.6f} | {s.max_abs:.3g} | {s.mean_abs:.3g} | "
+                             f"{s.p99_abs:.3g} | {s.nonfinite} |")
             lines.append("")
         if self.top1_agreement is not None:
             lines += [f"Top-1 agreement: {self.top1_agreement:.4f}", ""]
@@ -306,8 +308,8 @@ def render_html(report: ValidationReport) -> str:
         parts.append(f'<div class="plots">{"".join(plots)}</div>')
     if report.metrics:
         parts.append("<h2>Outputs</h2>" + _table(
-            ("output", "cosine", "max-abs", "mean-abs", "p50", "p90", "p99", "NaN/Inf"),
-            [(n, f"{s.cosine:.6f}", f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.p50_abs:.3g}",
+            ("output", "judged by", "cosine", "max-abs", "mean-abs", "p50", "p90", "p99", "NaN/Inf"),
+            [(n, s.judged(), f"{s.cosine:.6f}", f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.p50_abs:.3g}",
               f"{s.p90_abs:.3g}", f"{s.p99_abs:.3g}", s.nonfinite) for n, s in report.metrics.items()],
             "outputs-table"))
         if report.top1_agreement is not None:

@@ -2,10 +2,11 @@
 
 The reference and the candidate run on the same inputs through the target's ``Runner``. The
 verdict fails on any broken criterion, each named: accuracy against the target's tolerances
-(cosine, max-abs, top-1 agreement, a task metric's drop), NaN/Inf the reference does not have,
-nodes ONNX Runtime placed on another provider than the target's (read from a built session), a
-session that cannot be built, and the latency and size budgets. ``validate`` is a short list of
-small checks, each adding to the report.
+(cosine, max-abs, top-1 agreement, a task metric's drop; an output of one value per row, where a
+cosine is blind, by its relative error against ``1 - cosine``: see ``onnxpress.metrics``), NaN/Inf
+the reference does not have, nodes ONNX Runtime placed on another provider than the target's
+(read from a built session), a session that cannot be built, and the latency and size budgets.
+``validate`` is a short list of small checks, each adding to the report.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from onnxpress import kernels, modelinfo, runtime
 from onnxpress.calibration import from_feeds
 from onnxpress.errors import DataError, ProviderError
 from onnxpress.feeds import InputShapes, check_feed, plan_inputs, random_feeds
-from onnxpress.metrics import compare, top1_agreement
+from onnxpress.metrics import RELATIVE_ERROR, compare, top1_agreement
 from onnxpress.report import ValidationReport
 from onnxpress.targets import Target, load as load_target
 
@@ -222,7 +223,13 @@ def _judge_accuracy(report: ValidationReport, profile: Target, reference: list, 
             report.failures.append(f"output '{name}': {stats.nonfinite} NaN/Inf values (reference: "
                                    f"{stats.ref_nonfinite})")
         cosine, max_abs = profile.tolerance(name, "cosine"), profile.tolerance(name, "max_abs")
-        if stats.cosine < cosine:
+        if stats.measure == RELATIVE_ERROR:  # one value per row: a cosine cannot see it move
+            if stats.score < cosine:
+                report.failures.append(
+                    f"output '{name}': relative error {stats.rel_max:.3g} > {1.0 - cosine:.3g} (max-abs error "
+                    f"{stats.max_abs:.3g} / largest |reference| {stats.ref_max_abs:.3g}; an output of one value "
+                    f"per row is judged by its relative error, held to 1 - the cosine tolerance {cosine:g})")
+        elif stats.cosine < cosine:
             report.failures.append(f"output '{name}': cosine {stats.cosine:.6f} < {cosine:g}")
         elif stats.group_cosine < cosine:  # a channel group of another scale, hidden by the rest
             report.failures.append(f"output '{name}' {stats.worst_group}: cosine {stats.group_cosine:.6f} < "

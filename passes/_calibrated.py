@@ -102,9 +102,13 @@ def error_probes(model: ir.Model, nodes: list[ir.Node], reduce_range: bool) -> d
     return probes
 
 
-def correct_biases(model: ir.Model, nodes: list[ir.Node], probes: dict[str, str], stats) -> int:
-    """Subtract from each bias the mean its probe measured (the shift int8 weights cause)."""
-    corrected = 0
+def correct_biases(model: ir.Model, nodes: list[ir.Node], probes: dict[str, str], stats) -> dict[str, str]:
+    """Subtract from each bias the mean its probe measured (the shift int8 weights cause).
+
+    Returns node name -> name of its uncorrected bias initializer, which stays in the graph
+    (until dead-code removal) so a node that ends up float can have it back (``restore_biases``).
+    """
+    corrected = {}
     for node in nodes:
         probe = probes.get(node.name)
         shift = stats[probe].channel_mean() if probe in stats else None
@@ -113,7 +117,15 @@ def correct_biases(model: ir.Model, nodes: list[ir.Node], probes: dict[str, str]
             continue
         # Gemm scales C by beta (default 1.0): the correction of C is divided by it.
         beta = node.attributes.get_float("beta", 1.0) if node.op_type == "Gemm" else 1.0
+        original = node.inputs[2].name
         set_initializer(model.graph, node, 2, (bias - shift / (beta or 1.0)).astype(bias.dtype),
-                        f"{node.inputs[2].name}_corrected")
-        corrected += 1
+                        f"{original}_corrected")
+        corrected[node.name] = original
     return corrected
+
+
+def restore_biases(model: ir.Model, originals: dict[str, str]) -> None:
+    """Give the named nodes their uncorrected biases back, in place (see ``correct_biases``)."""
+    for node in model.graph:
+        if node.name in originals and originals[node.name] in model.graph.initializers:
+            node.replace_input_with(2, model.graph.initializers[originals[node.name]])

@@ -225,3 +225,13 @@ def test_malformed_input_shape_text_is_refused(text):
     with pytest.raises(ValueError) as err:
         feeds.parse_input_shape(text)
     assert text in str(err.value) or "NAME=DIMS" in str(err.value)
+
+
+def test_an_input_without_a_shape_is_given_the_rank_of_its_data(tmp_path):
+    model = _relu_file(tmp_path, None)
+    assert feeds.unshaped_inputs(model) == ["x"]
+    with pytest.raises(DataError, match=r"input 'x' declares no shape and the data gives it ranks \[2, 3\]"):
+        feeds.declare_ranks(model.clone(), [{"x": np.ones((1, 2), np.float32)}, {"x": np.ones((1, 2, 3), np.float32)}])
+    assert feeds.declare_ranks(model, [], input_shapes={"x": [1, 3, 8, 8]}) == {"x": 4}
+    assert [feeds._dim(d) for d in model.graph.inputs[0].shape] == [None] * 4
+    assert feeds.unshaped_inputs(model) == [] and feeds.declare_ranks(model, []) == {}

@@ -124,3 +124,39 @@ def test_the_cli_writes_nothing_below_the_floor_unless_asked(tmp_path, capsys, m
     recipe.write_text('[pipeline]\naccuracy_floor = 0.0\n[calibration]\nsource = "calib.npz"\n'
                       '[[passes]]\nname = "noise"\n')
     assert main(["run", str(model), "--recipe", str(recipe), "-o", str(tmp_path / "off.onnx")]) == 0
+
+
+class _ScaleRegression(ox.Pass, ir.passes.InPlacePass):
+    """Scales the regression weights ``w`` (a lossy pass with no remedy)."""
+
+    name = "scale_regression"
+
+    def __init__(self, *, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def call(self, model):
+        value = model.graph.initializers["w"]
+        value.const_value = ir.tensor(value.const_value.numpy() * np.float32(self.factor), name="w")
+        return ox.PassResult(model, modified=True, statistics={})
+
+
+def test_one_value_per_row_is_held_to_a_relative_error_of_one_minus_the_floor():
+    """Predictions moved by 40 % keep a cosine of 1 per sample; the floor holds them to a
+    relative error of 1 - 0.99, and passes' searches see the same figure."""
+    model = ir.from_onnx_text("""
+    <ir_version: 10, opset_import: ["" : 18]>
+    regressor (float[N, 4] x) => (float[N, 1] y) <float[4, 1] w = {0.3, 0.2, 0.5, 0.1}> { y = MatMul(x, w) }
+    """)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": np.abs(rng.standard_normal((1, 4))).astype(np.float32)} for _ in range(12)]
+    with pytest.raises(AccuracyFloorError, match=r"output 'y' relative error 0.4 > 0.01 \(1 - floor 0.99") as err:
+        ox.Pipeline([_ScaleRegression(factor=0.6)], target="cpu").run(model, feeds)
+    floor = err.value.result.records[0].floor
+    assert floor["measure"] == "relative error" and floor["cosine"] == pytest.approx(0.6, abs=1e-4)
+    assert err.value.result.records[0].accuracy["y"].cosine == pytest.approx(1.0)  # blind
+    kept = ox.Pipeline([_ScaleRegression(factor=1.0 + 1e-6)], target="cpu").run(model, feeds)
+    assert kept.records[0].floor["met"] and kept.records[0].floor["cosine"] > 0.9999
+    context = ox.PassContext(runner=ox.runtime.Runner("cpu"), evaluation=ox.calibration.from_feeds(feeds))
+    moved = _ScaleRegression(factor=0.6)(model.clone()).model
+    assert context.score(context.outputs(model), moved)["cosine"] == pytest.approx(0.6, abs=1e-4)

@@ -152,3 +152,33 @@ def test_a_target_this_machine_lacks_is_checked_on_the_cpu(small_model, caplog):
     result = ox.Pipeline([ox.passes.Simplify()], target="cuda").run(small_model)
     assert result.checked_on == "cpu" and result.records[0].checked
     assert "the pipeline checks and measures on the CPU" in caplog.text
+
+
+def test_an_input_declared_without_a_shape_gets_the_rank_of_the_data(tmp_path, small_model, rng):
+    """ONNX Runtime runs an input declared without a shape, the ONNX checker refuses it: the
+    pipeline checks, and returns, the model with the data's rank and every dim unknown."""
+    import onnx
+
+    small_model.graph.inputs[0].shape = None
+    path = ox.save(small_model, tmp_path / "no_shape.onnx")
+    with pytest.raises(onnx.checker.ValidationError, match="shape"):
+        onnx.checker.check_model(str(path), full_check=True)
+    model = ox.load(path)
+    calib = [{"x": rng.standard_normal((3, 4)).astype(np.float32)} for _ in range(5)]
+    result = ox.Pipeline([ox.passes.Simplify()], target="cpu").run(model, calibration=calib)
+    assert model.graph.inputs[0].shape is None  # the caller's model is left as it was
+    shape = result.model.graph.inputs[0].shape
+    assert shape is not None and len(shape) == 2 and not any(isinstance(d, int) for d in shape)
+    assert result.records[0].checked and result.golden_source == "calibration"
+    out = ox.save(result.model, tmp_path / "out.onnx")
+    onnx.checker.check_model(str(out), full_check=True)
+    feed = {"x": np.ones((7, 4), np.float32)}  # any size still runs
+    np.testing.assert_allclose(ort_run(ox.load(out), feed)[0], ort_run(small_model, feed)[0], rtol=1e-6)
+    # a given shape gives the rank too; without either there is none to give
+    given = ox.Pipeline([ox.passes.Simplify()], input_shapes={"x": (2, 4)}).run(model)
+    assert len(given.model.graph.inputs[0].shape) == 2
+    with pytest.raises(ox.DataError, match=r"input 'x' declares no shape, which the ONNX checker refuses: give "
+                                           r"calibration data"):
+        ox.Pipeline([ox.passes.Simplify()]).run(model)
+    unchecked = ox.Pipeline([ox.passes.Simplify()], check=False, golden_samples=0).run(model)
+    assert unchecked.model.graph.inputs[0].shape is None  # nothing to read a rank from, nothing checked

@@ -109,3 +109,44 @@ def test_builtin_targets_load():
     assert edge.intra_op_threads == 2 and edge.size_mb == 25.0
     with pytest.raises(ox.RecipeError, match="unknown target 'mars'"):
         targets.load("mars")
+
+
+# A regression head: one prediction per row. Weights and inputs are positive, so every prediction
+# is positive and a cosine per sample is 1 however far the predictions move.
+REGRESSOR = """
+<ir_version: 10, opset_import: ["" : 18]>
+regressor (float[N, 4] x) => (float[N, 1] y, float[N, 3] h)
+<float[4, 1] w = {{{w}}}, float[1] b = {{0.1}}, float[4, 3] v = {{0.5, -1.0, 0.25, 1.5, 0.75, -0.5, -0.25, 1.0, 2.0,
+ 0.1, -0.3, 0.6}}>
+{{
+    m = MatMul(x, w)
+    y = Add(m, b)
+    h = MatMul(x, v)
+}}
+"""
+
+
+def _regressor(scale: float = 1.0) -> ir.Model:
+    weights = np.array([0.3, 0.2, 0.5, 0.1]) * scale
+    return ir.from_onnx_text(REGRESSOR.format(w=", ".join(repr(float(v)) for v in weights)))
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_one_value_per_row_is_judged_by_its_relative_error(batch):
+    rng = np.random.default_rng(0)
+    data = [{"x": np.abs(rng.standard_normal((batch, 4))).astype(np.float32)} for _ in range(6)]
+    reference = _regressor()
+    moved = validate(_regressor(scale=0.6), reference=reference, data=data, measure_latency=False,
+                     measure_memory=False)
+    stats = moved.metrics["y"]
+    assert stats.cosine > 0.999  # what a cosine sees of predictions moved by up to 40 %
+    assert stats.measure == "relative error" and 0.3 < stats.rel_max <= 0.4
+    assert not moved.passed
+    assert [f for f in moved.failures if f.startswith("output 'y': relative error 0.")] == moved.failures
+    assert "judged by relative error" in moved.to_text() and "| y | relative error" in moved.to_markdown()
+    assert moved.metrics["h"].measure == "cosine"  # three values per row: judged by cosine
+    assert moved.to_dict()["metrics"]["y"]["measure"] == "relative error"
+    close = validate(_regressor(scale=1.0 + 1e-6), reference=reference, data=data, measure_latency=False,
+                     measure_memory=False)
+    assert close.passed, close.failures
+    assert close.metrics["y"].rel_max < 1e-5 and close.metrics["y"].score > 0.9999

@@ -351,3 +351,162 @@ def test_a_recipe_runs_quantization_from_the_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "quantize" in text and "5/0" in text and "verdict on target 'cpu': PASSED" in text
     assert "QLinearConv" in runtime.Runner("cpu").kernel_census(ox.load(out))["ops"]
+
+
+# ------------------------------------------------------------------- real-model forms (issue 12)
+
+def _integer_kernels(model: ir.Model) -> list[str]:
+    return [n.op_type for n in model.graph if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger")]
+
+
+def test_dynamic_mode_quantizes_gemm_layers_under_their_names(rng):
+    """simplify fuses MatMul+Add into Gemm (transB, alpha, beta as exporters write them); the
+    dynamic mode rewrites each as MatMul + Add under the Gemm's name, and its count is true."""
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    mlp (float[4, 16] x) => (float[4, 8] y)
+    <float[32, 16] w1 = {{{_fmt(rng.normal(0, 0.3, (32, 16)))}}}, float[32] b1 = {{{_fmt(rng.normal(0, 0.1, 32))}}},
+     float[32, 8] w2 = {{{_fmt(rng.normal(0, 0.3, (32, 8)))}}}, float[8] b2 = {{{_fmt(rng.normal(0, 0.1, 8))}}}>
+    {{
+        h = Gemm <transB = 1, alpha = 0.5> (x, w1, b1)
+        r = Relu(h)
+        y = Gemm <beta = 2.0> (r, w2, b2)
+    }}
+    """)
+    model.graph.node(0).name, model.graph.node(2).name = "fc1", "fc2"
+    feed = {"x": rng.standard_normal((4, 16)).astype(np.float32)}
+    result = ox.Pipeline([ox.passes.Quantize(mode="dynamic")]).run(model, calibration=[feed])
+    stats = result.records[0].statistics
+    assert stats["gemm_as_matmul"] == 2 and stats["quantized_nodes"] == 2 and stats["float_nodes"] == {}
+    assert "Gemm" not in _ops(result.model) and len(_integer_kernels(result.model)) == 2
+    assert result.records[0].kernels["float"] == 0
+    expected, got = ort_run(model, feed)[0], ort_run(result.model, feed)[0]
+    assert compare([{"y": expected}], [{"y": got}])["y"].cosine > 0.999
+    onnx_check(result.model)
+
+
+def test_opset_11_resize_with_an_empty_roi_is_quantized(rng):
+    model = ir.from_onnx_text(f"""
+    <ir_version: 6, opset_import: ["" : 11]>
+    up (float[1, 2, 4, 4] x) => (float[1, 4, 8, 8] y)
+    <float[4, 2, 3, 3] w = {{{_fmt(rng.normal(0, 0.5, (4, 2, 3, 3)))}}}, float[4, 4, 1, 1] w2 = {{{_fmt(rng.normal(0, 0.5, 16))}}}>
+    {{
+        roi = Constant <value = float[0] {{}}> ()
+        scales = Constant <value = float[4] {{1.0, 1.0, 2.0, 2.0}}> ()
+        c = Conv <pads = [1, 1, 1, 1]> (x, w)
+        u = Resize <mode = "nearest"> (c, roi, scales)
+        y = Conv (u, w2)
+    }}
+    """)
+    calib = [{"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)} for _ in range(8)]
+    result = ox.Pipeline([ox.passes.Quantize()]).run(model, calibration=calib)
+    assert result.records[0].statistics["quantized_nodes"] >= 3  # both convolutions and the Resize between
+    assert result.records[0].kernels["int8"] >= 2
+    expected, got = ort_run(model, calib[0])[0], ort_run(result.model, calib[0])[0]
+    assert compare([{"y": expected}], [{"y": got}])["y"].cosine > 0.99
+
+
+def test_a_model_of_ai_onnx_ml_ops_is_refused_by_name():
+    model = ir.from_onnx_text("""
+    <ir_version: 8, opset_import: ["" : 15, "ai.onnx.ml" : 3]>
+    scaled (float[N, 3] x) => (float[N, 3] y)
+    {
+        y = ai.onnx.ml.Scaler <offset = [0.5, 0.5, 0.5], scale = [2.0, 2.0, 2.0]> (x)
+    }
+    """)
+    calib = [{"x": np.ones((2, 3), np.float32)}]
+    with pytest.raises(ox.OnnxpressError, match=r"quantize: nothing to quantize: .*ai\.onnx\.ml"):
+        ox.Pipeline([ox.passes.Quantize()]).run(model, calibration=calib)
+
+
+def test_a_detector_output_of_boxes_and_scores_keeps_its_scores(rng):
+    """Per level, boxes (hundreds) and scores ([0, 1]) are concatenated, then the levels are
+    reshaped and concatenated again: every one of those joins stays float, with its reason."""
+    weights = {f"w{i}": rng.normal(0, 0.5, (4, 2, 1, 1)) for i in range(4)}
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    head (float[1, 2, 4, 4] x) => (float[1, 8, 32] y)
+    <{", ".join(f"float[4, 2, 1, 1] {k} = {{{_fmt(v)}}}" for k, v in weights.items())},
+     float[1] big = {{300.0}}, int64[3] flat = {{1, 8, 16}}>
+    {{
+        b0 = Conv (x, w0)
+        boxes0 = Mul(b0, big)
+        s0 = Conv (x, w1)
+        scores0 = Sigmoid(s0)
+        level0 = Concat <axis = 1> (boxes0, scores0)
+        b1 = Conv (x, w2)
+        boxes1 = Mul(b1, big)
+        s1 = Conv (x, w3)
+        scores1 = Sigmoid(s1)
+        level1 = Concat <axis = 1> (boxes1, scores1)
+        f0 = Reshape(level0, flat)
+        f1 = Reshape(level1, flat)
+        y = Concat <axis = 2> (f0, f1)
+    }}
+    """)
+    calib = [{"x": rng.standard_normal((1, 2, 4, 4)).astype(np.float32)} for _ in range(8)]
+    result = ox.Pipeline([ox.passes.Quantize(method="minmax")]).run(model, calibration=calib)
+    floating = result.records[0].statistics["float_nodes"]
+    assert sum("mixed ranges" in r or "ranges differ" in r for r in floating.values()) == 5, floating
+    assert result.records[0].kernels["int8"] >= 4  # the four convolutions
+    expected, got = ort_run(model, calib[0])[0], ort_run(result.model, calib[0])[0]
+    scores = lambda y: y[:, 4:]  # noqa: E731
+    assert compare([{"s": scores(expected)}], [{"s": scores(got)}])["s"].cosine > 0.99
+
+
+def test_a_hybrid_quantizes_its_conv_stem_statically_and_its_matmuls_dynamically(rng):
+    """Conv stem -> Relu -> tokens -> LayerNorm + attention-style MatMuls: per region."""
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    hybrid (float[1, 3, 8, 8] x) => (float[1, 16, 16] y)
+    <float[16, 3, 3, 3] wc = {{{_fmt(rng.normal(0, 0.3, (16, 3, 3, 3)))}}}, float[16] gamma = {{{_fmt(np.ones(16))}}},
+     float[16] beta = {{{_fmt(np.zeros(16))}}}, float[16, 16] wq = {{{_fmt(rng.normal(0, 0.3, (16, 16)))}}},
+     float[16, 16] wv = {{{_fmt(rng.normal(0, 0.3, (16, 16)))}}}, int64[3] tokens = {{1, 16, 16}}>
+    {{
+        c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (x, wc)
+        r = Relu(c)
+        t = Reshape(r, tokens)
+        p = Transpose <perm = [0, 2, 1]> (t)
+        n = LayerNormalization <axis = -1> (p, gamma, beta)
+        q = MatMul(n, wq)
+        v = MatMul(n, wv)
+        s = Softmax <axis = -1> (q)
+        y = Mul(s, v)
+    }}
+    """)
+    calib = [{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(8)]
+    result = ox.Pipeline([ox.passes.Quantize()]).run(model, calibration=calib)
+    stats = result.records[0].statistics
+    assert stats["preset"] == "transformer" and stats["mode"] == "mixed"
+    assert stats["static_nodes"] >= 2 and stats["dynamic_nodes"] == 2  # Conv + Relu; the two MatMuls
+    assert len(_integer_kernels(result.model)) == 2
+    conv = next(n for n in result.model.graph if n.op_type == "Conv")
+    assert conv.inputs[1].producer().op_type == "DequantizeLinear"
+    assert result.records[0].kernels["float"] == 0
+    expected, got = ort_run(model, calib[0])[0], ort_run(result.model, calib[0])[0]
+    assert compare([{"y": expected}], [{"y": got}])["y"].cosine > 0.99
+    # Without calibration data the convolutional region stays float and says why.
+    plain = ox.Pipeline([ox.passes.Quantize()]).run(model)
+    assert "needs calibration data" in plain.records[0].statistics["float_nodes"][conv.name]
+
+
+def test_the_ops_between_the_last_convolution_and_the_output_stay_float(rng):
+    """A 1000-way Softmax's near-uniform probabilities (about 0.001) are all 0 at int8's 1/255:
+    the Softmax (and the Reshape after it) stay float, the convolution is int8."""
+    model = ir.from_onnx_text(f"""
+    <ir_version: 10, opset_import: ["" : 18]>
+    classifier (float[1, 8, 4, 4] x) => (float[1, 1000] y)
+    <float[1000, 8, 4, 4] w = {{{_fmt(rng.normal(0, 0.001, (1000, 8, 4, 4)))}}}, int64[2] flat = {{1, 1000}}>
+    {{
+        c = Conv (x, w)
+        p = Softmax <axis = 1> (c)
+        y = Reshape(p, flat)
+    }}
+    """)
+    calib = [{"x": rng.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(4)]
+    result = ox.Pipeline([ox.passes.Quantize(method="minmax")]).run(model, calibration=calib)
+    floating = result.records[0].statistics["float_nodes"]
+    assert sorted(r for r in floating.values()) == ["feeds the model's output 'y': int8 there only adds error"] * 2
+    assert result.records[0].kernels["int8"] == 1
+    expected, got = ort_run(model, calib[0])[0], ort_run(result.model, calib[0])[0]
+    assert compare([{"y": expected}], [{"y": got}])["y"].cosine > 0.999
