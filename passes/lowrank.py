@@ -11,11 +11,12 @@ import onnx_ir.passes.common as common_passes
 
 from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import fingerprint
+from onnxpress.passes import _compensate
 from onnxpress.passes._common import constant, reject_option
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["svd", "activation"]
+Method = Literal["svd", "activation", "eigen"]
 
 # Randomized SVD pays off once the matrix is large and the rank small against it.
 _RANDOMIZED_MIN_DIM = 768
@@ -78,6 +79,16 @@ class LowRank(Pass, ir.passes.FunctionalPass):
     uniform rank of the budget and the outputs compared on held-out data; the allocation then
     minimises the predicted output error, not the sum of per-layer errors.
 
+    ``method="eigen"`` projects the layer's output onto the top eigenvectors of its output
+    covariance E[y yᵀ] = Wᵀ·C·W (A = W·V_r, B = V_rᵀ): the same optimum as ``activation``
+    reached from the output side, without the input whitening's damping.
+
+    ``compensate`` (``"auto"``: when the pipeline has calibration data): after factoring, the
+    factors are refit in closed form, layer by layer in graph order, so that each factored
+    layer given the inputs the factored model really gives it reproduces what the original
+    layer gave (see ``passes/_compensate.py``); the ranks stay. Statistics per layer: the
+    relative output error before and after the refit.
+
     Replaced weights become unused initializers; they are removed before returning.
     """
 
@@ -88,9 +99,12 @@ class LowRank(Pass, ir.passes.FunctionalPass):
                  min_saving: float = 0.1, min_elements: int = 4096, op_types: list[str] | None = None,
                  exclude: list[str] | None = None, damping: float = 0.01, calibration_samples: int = 256,
                  randomized: bool = True, measure_sensitivity: bool = True, sensitivity_rounds: int = 2,
-                 seed: int = 0) -> None:
+                 compensate: Literal["auto"] | bool = "auto", seed: int = 0) -> None:
         super().__init__()
-        reject_option(method not in ("svd", "activation"), "lowrank", "method", "'svd' or 'activation'", method)
+        reject_option(method not in ("svd", "activation", "eigen"), "lowrank", "method", "svd, activation or eigen",
+                      method)
+        reject_option(compensate not in ("auto", True, False), "lowrank", "compensate", "'auto', true or false",
+                      compensate)
         chosen = [name for name, value in (("rank", rank), ("rank_ratio", rank_ratio), ("energy", energy),
                                            ("budget", budget), ("tolerance", tolerance)) if value is not None]
         if len(chosen) > 1:
@@ -120,17 +134,24 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         self.randomized = randomized
         self.measure_sensitivity = measure_sensitivity
         self.sensitivity_rounds = sensitivity_rounds
+        self.compensate = compensate
         self.seed = seed
 
     def needs_calibration(self, model: ir.Model) -> bool:
-        """The activation method and a tolerance need activation statistics."""
-        return self._needs_statistics()
+        """The activation and eigen methods, a tolerance and ``compensate = true`` need data."""
+        return self._needs_statistics() or self.compensate is True
+
+    def _compensating(self) -> bool:
+        if self.compensate == "auto":
+            return self.context is not None and self.context.calibration is not None
+        return bool(self.compensate)
 
     # ------------------------------------------------------------------------------- call
 
     def call(self, model: ir.Model) -> PassResult:
         result = model.clone()
         ir.passes.Sequential(common_passes.NameFixPass())(result)
+        teacher = result.clone() if self._compensating() else None  # the original, by the same names
         layers, skipped = self._layers(result)
         whitening = self._whitening(result, layers) if layers and self._needs_statistics() else {}
         spectrum_needed = self.energy is not None or self.budget is not None or self.tolerance is not None
@@ -166,11 +187,14 @@ class LowRank(Pass, ir.passes.FunctionalPass):
             report[name]["sensitivity"] = round(layer.sensitivity, 6)
             self._rewrite(result, layer, a, b)
             factored += 1
+        compensation = self._compensate(teacher, result, [layer for layer in layers if layer.node.name in report]) \
+            if teacher is not None and report else {}
         common_passes.RemoveUnusedNodesPass()(result)
         before = sum(layer.dense_params for layer in layers)
         after = sum(r["params_after"] for r in report.values()) + sum(
             layer.dense_params for layer in layers if layer.node.name not in report)
-        statistics = {"method": self.method, "factored": factored, "layers": report, "skipped": skipped,
+        statistics = {"method": self.method, "compensated": bool(compensation), "compensation": compensation,
+                      "factored": factored, "layers": report, "skipped": skipped,
                       "params_before": before, "params_after": after,
                       "params_kept": round(after / before, 4) if before else 1.0}
         logger.info("lowrank: factored %d of %d candidate layers, %d -> %d parameters",
@@ -178,7 +202,42 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         return PassResult(result, modified=fingerprint(result) != fingerprint(model), statistics=statistics)
 
     def _needs_statistics(self) -> bool:
-        return self.method == "activation" or self.tolerance is not None
+        return self.method in ("activation", "eigen") or self.tolerance is not None
+
+    def _compensate(self, teacher: ir.Model, student: ir.Model, layers: list[_Layer]) -> dict[str, dict[str, Any]]:
+        """Refit each factored layer's A and B to the original layer's outputs (in place)."""
+        graph = student.graph
+        refits = []
+        for layer in layers:
+            base = layer.node.name
+            if layer.kind == "gemm" and layer.node.attributes.get_int("transA", 0):
+                continue  # x enters transposed: its rows are not the layer's inputs
+            names = (f"{base}_lowrank_a", f"{base}_lowrank_b")
+            if not all(name in graph.initializers for name in names):
+                continue
+            rows = _compensate.channel_rows if layer.kind == "conv1x1" else _compensate.flat_rows
+
+            def fit(best, damped, layer=layer, names=names):
+                a, b = _compensate.factored(best, damped, layer.rank)
+                arrays = (a.T[:, :, None, None], b.T[:, :, None, None]) if layer.kind == "conv1x1" else (a, b)
+
+                def write():
+                    for name, array in zip(names, arrays):
+                        graph.initializers[name].const_value = ir.tensor(
+                            np.ascontiguousarray(array).astype(layer.weight.dtype), name=name)
+
+                return a @ b, write
+
+            a, b = (constant(graph.initializers[name]) for name in names)
+            if layer.kind == "conv1x1":
+                a, b = a[:, :, 0, 0].T, b[:, :, 0, 0].T
+            refits.append(_compensate.Layer(
+                key=base, weight=layer.weight, start=a.astype(np.float64) @ b, teacher_input=layer.activation,
+                student_input=layer.activation, teacher_rows=rows, student_rows=rows, fit=fit,
+                owns=(f"{base}_lowrank_1", f"{base}_lowrank_2")))
+        context = self.context
+        return _compensate.refit(teacher, student, refits, context.calibration, context.runner, damping=self.damping,
+                                 limit=self.calibration_samples, seed=self.seed, say=context.say)
 
     def _layers(self, model: ir.Model) -> tuple[list[_Layer], dict[str, str]]:
         layers, skipped = [], {}
@@ -310,6 +369,8 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         else:
             u, s, vt = _truncated_svd(matrix, layer.rank, self.randomized, self.seed)
         layer.kept_energy = float(np.sum(s ** 2))
+        if self.method == "eigen":  # V_r: the top eigenvectors of the output covariance (S·W)ᵀ(S·W)
+            return (layer.weight.astype(np.float64) @ vt.T).astype(layer.weight.dtype), vt.astype(layer.weight.dtype)
         root = np.sqrt(s)
         a = u * root
         b = root[:, None] * vt

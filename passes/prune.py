@@ -11,6 +11,7 @@ import onnx_ir.passes.common as common_passes
 
 from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import deflated_size, fingerprint, model_flops
+from onnxpress.passes import _compensate
 from onnxpress.passes._common import constant, reject_option, set_initializer
 
 
@@ -54,6 +55,16 @@ class Prune(Pass, ir.passes.FunctionalPass):
     Criteria: ``magnitude`` (|w|), ``importance`` (|w| scaled by the input channel's RMS from
     the pipeline's activation statistics; needs calibration), ``random`` (seeded baseline).
 
+    ``compensate`` (``"auto"``: when the pipeline has calibration data): after pruning, the
+    layers are refit in closed form, in graph order, so that each, given the inputs the pruned
+    model really gives it, reproduces what the original layer gave (``passes/_compensate.py``):
+    unstructured and N:M weights by optimal-brain-surgeon updates that move the removed
+    weights' contribution onto the kept ones (SparseGPT), the mask chosen again block by block
+    by that saliency (``random`` keeps its mask; so do N:M convolutions, whose groups run along
+    channels); structured pruning refits the pruned layers' kept channels and the next layers'
+    weights from the channels left. Grouped convolutions are not refit. Statistics per layer:
+    the relative output error before and after, on calibration samples held back from the fit.
+
     Targets: ``sparsity`` overall, ``sparsity_by`` per op type or node name, ``exclude`` node
     names (the old name ``skip`` is accepted, with a warning, for one release),
     ``skip_first_last`` (structured default: the first and last prunable layers keep their
@@ -69,8 +80,8 @@ class Prune(Pass, ir.passes.FunctionalPass):
                  sparsity: float = 0.3, sparsity_by: dict[str, float] | None = None, scope: Literal["layer", "global"] = "layer",
                  n: int = 2, m: int = 4, exclude: list[str] | None = None, skip_first_last: bool | None = None,
                  min_channels: int = 4, channel_multiple: int = 8, op_types: list[str] | None = None,
-                 calibration_samples: int = 128,
-                 seed: int = 0, skip: list[str] | None = None) -> None:
+                 calibration_samples: int = 128, compensate: Literal["auto"] | bool = "auto",
+                 damping: float = 0.01, seed: int = 0, skip: list[str] | None = None) -> None:
         super().__init__()
         if skip is not None:
             warnings.warn("prune: option 'skip' is deprecated; use 'exclude'", DeprecationWarning, stacklevel=2)
@@ -87,6 +98,8 @@ class Prune(Pass, ir.passes.FunctionalPass):
             raise ValueError(f"prune: n:m needs 0 < n < m, got {n}:{m}")
         reject_option(min_channels < 1, "prune", "min_channels", ">= 1", min_channels)
         reject_option(channel_multiple < 1, "prune", "channel_multiple", ">= 1", channel_multiple)
+        reject_option(compensate not in ("auto", True, False), "prune", "compensate", "'auto', true or false", compensate)
+        reject_option(damping <= 0, "prune", "damping", "> 0", damping)
         self.criterion = criterion
         self.granularity = granularity
         self.sparsity = sparsity
@@ -100,11 +113,19 @@ class Prune(Pass, ir.passes.FunctionalPass):
         self.channel_multiple = channel_multiple
         self.op_types = list(op_types) if op_types is not None else ["Conv", "Gemm", "MatMul"]
         self.calibration_samples = calibration_samples
+        self.compensate = compensate
+        self.damping = damping
         self.seed = seed
 
     def needs_calibration(self, model: ir.Model) -> bool:
-        """The importance criterion weighs weights by activation statistics."""
-        return self.criterion == "importance"
+        """The importance criterion weighs weights by activation statistics; ``compensate = true``
+        refits on calibration data."""
+        return self.criterion == "importance" or self.compensate is True
+
+    def _compensating(self) -> bool:
+        if self.compensate == "auto":
+            return self.context is not None and self.context.calibration is not None
+        return bool(self.compensate)
 
     # ------------------------------------------------------------------------------- call
 
@@ -114,6 +135,7 @@ class Prune(Pass, ir.passes.FunctionalPass):
         # when it fails it logs why and leaves the model as it was.
         ir.passes.Sequential(common_passes.NameFixPass(), common_passes.ShapeInferencePass())(result)
         flops_before, deflated_before = model_flops(result), deflated_size(result)
+        teacher = result.clone() if self._compensating() else None  # the original, by the same names
         targets, skipped = self._targets(result)
         scales = self._input_scales(result, targets) if self.criterion == "importance" else {}
         output_rms = (self._output_scales(result, targets)
@@ -132,15 +154,36 @@ class Prune(Pass, ir.passes.FunctionalPass):
                 set_initializer(result.graph, target.node, 1, pruned, f"{target.node.inputs[1].name}_pruned")
                 layers[target.node.name] = {"sparsity": round(float(1 - np.count_nonzero(pruned) / pruned.size), 6),
                                             "params": int(pruned.size), "nonzero": int(np.count_nonzero(pruned))}
+        compensation = self._compensate(teacher, result, layers) if teacher is not None and layers else {}
         common_passes.RemoveUnusedNodesPass()(result)
-        total = sum(layer["params"] for layer in layers.values()) if layers else 0
+        total = sum(layer.get("params", 0) for layer in layers.values()) if layers else 0
         nonzero = sum(layer.get("nonzero", 0) for layer in layers.values())
         statistics = {"criterion": self.criterion, "granularity": self.granularity, "layers": layers,
-                      "skipped": skipped, "pruned_layers": len(layers),
+                      "skipped": skipped, "pruned_layers": len(layers), "compensated": bool(compensation),
+                      "compensation": compensation,
                       "sparsity": round(1 - nonzero / total, 6) if total else 0.0,
                       "flops_before": flops_before, "flops_after": model_flops(result),
                       "deflated_bytes_before": deflated_before, "deflated_bytes_after": deflated_size(result)}
         return PassResult(result, modified=fingerprint(result) != fingerprint(model), statistics=statistics)
+
+    def _compensate(self, teacher: ir.Model, student: ir.Model, pruned: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Refit the pruned layers (and, structured, the layers after them) to the original
+        layers' outputs, in place; returns each refit's statistics by node name."""
+        originals = {node.name: node for node in teacher.graph}
+        refits = []
+        for node in student.graph:
+            original = originals.get(node.name)
+            if original is None or node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+                continue
+            weight, before = constant(node.inputs[1]), constant(original.inputs[1])
+            if weight is None or before is None or (node.name not in pruned and weight.shape == before.shape):
+                continue  # untouched by this pass
+            layer = _refit_layer(node, original, weight, before, pruned.get(node.name, {}), self)
+            if layer is not None:
+                refits.append(layer)
+        context = self.context
+        return _compensate.refit(teacher, student, refits, context.calibration, context.runner, damping=self.damping,
+                                 limit=self.calibration_samples, seed=self.seed, say=context.say)
 
     def _targets(self, model: ir.Model) -> tuple[list[_Target], dict[str, str]]:
         targets, skipped = [], {}
@@ -257,10 +300,63 @@ class Prune(Pass, ir.passes.FunctionalPass):
                 skipped[node.name] = reason
                 continue
             _apply(model, node, target.out_axis, removed, plan)
-            layers[node.name] = {"channels_before": channels, "channels_after": channels - count,
+            layers[node.name] = {"channels_before": channels, "channels_after": channels - count, "removed_channels": removed,
                                  "removed": count, "params": int(target.weight.size),
                                  "nonzero": int(target.weight.size * (channels - count) / channels)}
         return layers
+
+
+# ----------------------------------------------------------------------------- compensation
+
+def _refit_layer(node: ir.Node, original: ir.Node, weight: np.ndarray, before: np.ndarray, record: dict[str, Any],
+                 prune: Prune) -> _compensate.Layer | None:
+    """``node`` (pruned, or fed fewer channels) as a layer to refit to ``original``'s outputs."""
+    op = node.op_type
+    if op == "Conv":
+        if node.attributes.get_int("group", 1) != 1 or weight.ndim != 4:
+            return None
+        rows = _compensate.patch_rows(node)
+        to_rows = lambda w: w.reshape(w.shape[0], -1).T  # noqa: E731  [N, C, kh, kw] -> [C·kh·kw, N]
+        back = lambda w: w.T.reshape(weight.shape)  # noqa: E731
+    elif op == "Gemm":
+        if node.attributes.get_int("transA", 0):
+            return None
+        trans_b = node.attributes.get_int("transB", 0)
+        rows = _compensate.flat_rows
+        to_rows = (lambda w: w.T) if trans_b else (lambda w: w)  # noqa: E731
+        back = to_rows
+    else:
+        rows = _compensate.flat_rows
+        to_rows = back = lambda w: w  # noqa: E731
+    teacher = to_rows(before).astype(np.float64)
+    if "removed_channels" in record:  # structured: the original's kept output channels are the target
+        teacher = np.delete(teacher, record["removed_channels"], axis=1)
+    start = to_rows(weight).astype(np.float64)
+    if teacher.shape[1] != start.shape[1]:
+        return None
+    structured = prune.granularity == "structured"
+    fixed = prune.criterion == "random" or (prune.granularity == "n:m" and op == "Conv")
+    sparsity = 1.0 - np.count_nonzero(start) / max(start.size, 1)
+
+    def fit(best: np.ndarray, damped: np.ndarray):
+        if structured:
+            fitted = best
+        elif fixed:
+            fitted = _compensate.masked(best, damped, keep=start != 0)
+        elif prune.granularity == "n:m":
+            fitted = _compensate.masked(best, damped, n=prune.n, m=prune.m)
+        else:
+            fitted = _compensate.masked(best, damped, sparsity=sparsity)
+
+        def write():
+            node.inputs[1].const_value = ir.tensor(np.ascontiguousarray(back(fitted)).astype(weight.dtype),
+                                                   name=node.inputs[1].name)
+
+        return fitted, write
+
+    return _compensate.Layer(key=node.name, weight=teacher, start=start, teacher_input=original.inputs[0].name,
+                             student_input=node.inputs[0].name, teacher_rows=rows, student_rows=rows, fit=fit,
+                             owns=(node.name,))
 
 
 # --------------------------------------------------------------------- structured rewriting
