@@ -29,9 +29,9 @@ Third-party packages register such a class through the entry-point group ``onnxp
 The pipeline runs a pass with :meth:`Pass.run_in`, which binds a :class:`PassContext` for the
 duration of the call: calibration data, held-out data for the pass's own accuracy decisions,
 the target profile, the :class:`~onnxpress.runtime.Runner` (the only way to ONNX Runtime), a
-statistics collector cached by model fingerprint and request, and a progress callback. A pass
-never builds sessions, reads files or prints; it returns its statistics in its
-:class:`PassResult`.
+statistics collector cached by model fingerprint and request, a progress callback, and the
+teacher (the pipeline's input model, which ``distill`` trains toward). A pass never builds
+sessions, reads files or prints; it returns its statistics in its :class:`PassResult`.
 """
 from __future__ import annotations
 
@@ -79,16 +79,19 @@ class PassContext:
         target: the target profile (quantization defaults, tolerances, latency settings).
         runner: the :class:`~onnxpress.runtime.Runner` on that target.
         progress: called with a message from long steps (or None).
+        teacher: the model the pipeline was given, after its input checks (read-only: passes
+            that learn from it, such as ``distill``, must not change it), or None.
     """
 
     def __init__(self, *, runner: Runner, calibration: Calibration | None = None,
                  evaluation: Calibration | None = None, metric: Metric | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, teacher: ir.Model | None = None) -> None:
         self.runner = runner
         self.calibration = calibration
         self.evaluation = evaluation
         self.metric = metric
         self.progress = progress
+        self.teacher = teacher
         self._statistics: dict[tuple[str, str], ActivationStats] = {}
 
     @classmethod
@@ -192,10 +195,13 @@ class Pass(ir.passes.PassBase):
             their options override :meth:`needs_calibration` instead.
         aliases: old option names still accepted for one release, mapped to their new names
             (``{"fuse_bn": "fold_batchnorm"}``); recipes using them get a warning.
+        recovers: the pass wins back accuracy the pass before it lost (``distill``): the
+            pipeline's accuracy floor judges that pass's result after this one.
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
+    recovers: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
     aliases: ClassVar[dict[str, str]] = {}
     _context: PassContext | None = None

@@ -160,3 +160,27 @@ def test_one_value_per_row_is_held_to_a_relative_error_of_one_minus_the_floor():
     context = ox.PassContext(runner=ox.runtime.Runner("cpu"), evaluation=ox.calibration.from_feeds(feeds))
     moved = _ScaleRegression(factor=0.6)(model.clone()).model
     assert context.score(context.outputs(model), moved)["cosine"] == pytest.approx(0.6, abs=1e-4)
+
+
+class _Restore(ox.Pass, ir.passes.FunctionalPass):
+    """A pass that recovers all the accuracy lost before it (gives back the teacher's weights)."""
+
+    name = "restore"
+    recovers = True
+
+    def call(self, model):
+        teacher = self.context.teacher
+        restored = model.clone()
+        for name, value in restored.graph.initializers.items():
+            value.const_value = teacher.graph.initializers[name].const_value
+        return ox.PassResult(restored, modified=True, statistics={})
+
+
+def test_a_lossy_pass_followed_by_a_recovering_one_is_judged_after_the_recovery():
+    model, feeds = _detector(), _feeds(8)
+    result = ox.Pipeline([_Noise(), _Restore()], accuracy_floor=0.999).run(model, feeds)
+    noise, restore = result.records
+    assert "judged after 'restore'" in noise.floor["deferred"] and noise.floor["cosine"] < 0.999
+    assert restore.floor["met"] and restore.floor["cosine"] > 0.99999
+    with pytest.raises(AccuracyFloorError, match="pass 'noise' breaks the accuracy floor"):
+        ox.Pipeline([_Noise()], accuracy_floor=0.999).run(model, feeds)
