@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "onnxpress.passes"
 
 _BUILTIN = ("onnxpress.passes.simplify:Simplify", "onnxpress.passes.quantize:Quantize",
-            "onnxpress.passes.lowrank:LowRank", "onnxpress.passes.prune:Prune")
+            "onnxpress.passes.lowrank:LowRank", "onnxpress.passes.prune:Prune",
+            "onnxpress.passes.distill:Distill")
 
 _extra: dict[str, type] = {}
 

@@ -1,0 +1,336 @@
+"""Distill's training loop on torch: batches, the teacher's cached tensors, the block and
+end-to-end phases, held-out checkpoints, and the losses.
+
+Imported by ``passes/distill.py`` inside its call (torch is imported at the top here).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from onnxpress.passes._torchgraph import TorchGraph
+
+logger = logging.getLogger(__name__)
+
+_EVALUATIONS = 10  # held-out checks during the end-to-end phase
+_SAY_EVERY = 2.0  # seconds between progress messages
+_CACHE_BYTES = 1 << 30  # teacher tensors kept in memory at most; beyond it they are recomputed
+
+
+@dataclass
+class Batch:
+    """Feeds concatenated along the batch axis (or one feed), with the teacher's tensors on them."""
+
+    feeds: dict[str, np.ndarray]
+    count: int
+    targets: dict[str, Any] | None = None
+
+
+@dataclass
+class Block:
+    """The student's nodes between the previous boundary tensors and ``boundary``."""
+
+    boundary: str
+    parameters: list[str]
+    before: float = 0.0
+    after: float = 0.0
+    steps: int = 0
+
+
+@dataclass
+class Run:
+    """What a training run measured (returned in the statistics)."""
+
+    steps_blocks: int = 0
+    steps_end_to_end: int = 0
+    best_step: int = 0
+
+
+class TeacherCache:
+    """The teacher's boundary tensors and outputs per batch, kept while they fit ``_CACHE_BYTES``."""
+
+    def __init__(self, graph: TorchGraph, names: list[str]) -> None:
+        self.graph = graph
+        self.names = names
+        self.kept = 0
+
+    def __call__(self, batch: Batch) -> dict[str, Any]:
+        if batch.targets is not None:
+            return batch.targets
+        with torch.no_grad():
+            targets = self.graph.run(batch.feeds, self.names)
+        size = sum(t.numel() * t.element_size() for t in targets.values())
+        if self.kept + size <= _CACHE_BYTES:
+            self.kept += size
+            batch.targets = targets
+        return targets
+
+
+class Trainer:
+    """Runs the block phase and the end-to-end phase, keeping the best held-out weights."""
+
+    def __init__(self, distill: Any, student: TorchGraph, teacher: TeacherCache, outputs: list[str],
+                 boundaries: list[str], masks: dict) -> None:
+        self.options = distill
+        self.student = student
+        self.teacher = teacher
+        self.outputs = outputs
+        self.boundaries = boundaries
+        self.masks = masks
+        self.best: tuple[float, dict, int] = (math.inf, {}, 0)
+        self.rng = np.random.default_rng(distill.seed)
+        self.last_said = time.monotonic()
+
+    # -------------------------------------------------------------------- losses
+
+    def loss(self, student: Mapping[str, Any], teacher: Mapping[str, Any]):
+        kind = self.options.loss
+        if kind == "features":
+            names = self.matched
+            return sum(_relative_mse(student[n], teacher[n]) for n in names) / len(names)
+        terms = []
+        for name in self.outputs:
+            s, t = student[name], teacher[name]
+            if kind == "mse":
+                terms.append(_relative_mse(s, t))
+            elif kind == "cosine":
+                terms.append(_cosine_loss(s, t))
+            else:
+                terms.append(_kl_loss(s, t, self.options.temperature))
+        return sum(terms) / len(terms)
+
+    @property
+    def matched(self) -> list[str]:
+        """The tensors the end-to-end loss compares: the outputs, with the boundaries for ``features``."""
+        if self.options.loss == "features":
+            return list(dict.fromkeys(self.boundaries + self.outputs))
+        return self.outputs
+
+    def forward(self, batch: Batch):
+        """The end-to-end loss of the student on ``batch``."""
+        return self.loss(self.student.run(batch.feeds, self.matched), self.teacher(batch))
+
+    def evaluate(self, batches: list[Batch]) -> tuple[float, float]:
+        """The end-to-end loss and the outputs' mean row cosine over ``batches`` (feed-weighted)."""
+        total = cosine = 0.0
+        count = 0
+        for batch in batches:
+            produced = self.student.run(batch.feeds, self.matched)
+            targets = self.teacher(batch)
+            total += float(self.loss(produced, targets)) * batch.count
+            cosine += float(sum(1.0 - _cosine_loss(produced[n], targets[n]) for n in self.outputs)
+                            / len(self.outputs)) * batch.count
+            count += batch.count
+        return total / max(count, 1), cosine / max(count, 1)
+
+    # ----------------------------------------------------------------- schedule
+
+    def _budget(self, share: float) -> tuple[int | None, float | None]:
+        options = self.options
+        steps = None if options.steps is None else max(1, int(round(options.steps * share)))
+        seconds = None if options.time_budget is None else options.time_budget * share
+        return steps, seconds
+
+    @staticmethod
+    def _progress(step: int, steps: int | None, began: float, seconds: float | None) -> float:
+        done = 0.0
+        if steps is not None:
+            done = step / steps
+        if seconds is not None:
+            done = max(done, (time.perf_counter() - began) / seconds)
+        return done
+
+    def _units(self, batches: list[Batch]):
+        """Endless steps: lists of batches holding ``batch_size`` feeds, reshuffled every epoch."""
+        while True:
+            order = self.rng.permutation(len(batches))
+            unit: list[Batch] = []
+            for index in order:
+                unit.append(batches[index])
+                if sum(b.count for b in unit) >= self.options.batch_size:
+                    yield unit
+                    unit = []
+            if unit:
+                yield unit
+
+    def _step(self, optimizer, parameters: list, unit: list[Batch], compute, learning_rate: float) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        optimizer.zero_grad(set_to_none=True)
+        total = sum(b.count for b in unit)
+        value = 0.0
+        for batch in unit:
+            loss = compute(batch) * (batch.count / total)
+            loss.backward()
+            value += loss.detach().item()
+        for name, parameter in parameters:
+            if name in self.masks and parameter.grad is not None:
+                parameter.grad.mul_(self.masks[name])
+        optimizer.step()
+        for name, parameter in parameters:
+            if name in self.masks:
+                parameter.data.mul_(self.masks[name])
+        return value
+
+    def _say(self, message: str, always: bool = False) -> None:
+        context = self.options.context
+        if context is not None and (always or time.monotonic() - self.last_said >= _SAY_EVERY):
+            self.last_said = time.monotonic()
+            context.say(f"distill: {message}")
+
+    # ------------------------------------------------------------------- phases
+
+    def fit(self, train: list[Batch], held: list[Batch], blocks: list[Block]) -> Run:
+        run = Run()
+        share = self.options.block_share if blocks else 0.0
+        if share:
+            self._train_blocks(train, blocks, share, run)
+            self._checkpoint(held, run.steps_blocks, "after the block phase")
+        steps, seconds = self._budget(1.0 - share)
+        parameters = list(self.student.parameters.items())
+        optimizer = torch.optim.Adam([p for _, p in parameters], lr=self.options.learning_rate)
+        began = time.perf_counter()
+        checks = 1
+        step = 0
+        for unit in self._units(train):
+            done = self._progress(step, steps, began, seconds)
+            if done >= 1.0:
+                break
+            rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+            value = self._step(optimizer, parameters, unit, self.forward, rate)
+            step += 1
+            if not math.isfinite(value):
+                logger.warning("distill: the training loss became %s at step %d: stopped", value, step)
+                break
+            if self._progress(step, steps, began, seconds) >= checks / _EVALUATIONS:
+                checks += 1
+                self._checkpoint(held, run.steps_blocks + step, f"end to end, step {step}")
+            self._say(f"end to end, step {step}{'/' + str(steps) if steps else ''}, training loss {value:.4g}, "
+                      f"best held-out {self.best[0]:.4g}")
+        run.steps_end_to_end = step
+        if step and (checks - 1) < _EVALUATIONS:
+            self._checkpoint(held, run.steps_blocks + step, "end of training")
+        return run
+
+    def _checkpoint(self, held: list[Batch], step: int, when: str) -> None:
+        with torch.no_grad():
+            value, _ = self.evaluate(held)
+        if math.isfinite(value) and value < self.best[0]:
+            self.best = (value, {n: p.detach().clone() for n, p in self.student.parameters.items()}, step)
+        self._say(f"held-out loss {value:.4g} {when} (best {self.best[0]:.4g})", always=True)
+
+    def _train_blocks(self, train: list[Batch], blocks: list[Block], share: float, run: Run) -> None:
+        """Each block on its own: fed the teacher's boundary tensors, trained toward the next one."""
+        steps, seconds = self._budget(share)
+        sample = train[: max(1, min(len(train), 4))]
+        active = []
+        with torch.no_grad():
+            for block in blocks:
+                block.before = float(sum(float(self._block_loss(block, b)) for b in sample) / len(sample))
+                if block.before > 1e-10:  # an untouched block reproduces the teacher already
+                    active.append(block)
+        if not active:
+            return
+        per_steps = None if steps is None else max(1, steps // len(active))
+        per_seconds = None if seconds is None else seconds / len(active)
+        for index, block in enumerate(active):
+            parameters = [(n, self.student.parameters[n]) for n in block.parameters]
+            kept = [p.detach().clone() for _, p in parameters]
+            optimizer = torch.optim.Adam([p for _, p in parameters], lr=self.options.learning_rate)
+            began = time.perf_counter()
+            step = 0
+            for unit in self._units(train):
+                done = self._progress(step, per_steps, began, per_seconds)
+                if done >= 1.0:
+                    break
+                rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
+                value = self._step(optimizer, parameters, unit, lambda b, blk=block: self._block_loss(blk, b), rate)
+                step += 1
+                if not math.isfinite(value):
+                    break
+                self._say(f"block {index + 1}/{len(active)} ('{block.boundary}'), step {step}, loss {value:.4g}")
+            block.steps = step
+            run.steps_blocks += step
+            with torch.no_grad():
+                block.after = float(sum(float(self._block_loss(block, b)) for b in sample) / len(sample))
+                if not block.after < block.before:  # no better on the sample: the block keeps its weights
+                    for (_, parameter), weights in zip(parameters, kept):
+                        parameter.copy_(weights)
+                    block.after = block.before
+
+    def _block_loss(self, block: Block, batch: Batch):
+        targets = self.teacher(batch)
+        earlier = self.boundaries[: self.boundaries.index(block.boundary)]
+        produced = self.student.run(batch.feeds, [block.boundary], {n: targets[n] for n in earlier})
+        return _relative_mse(produced[block.boundary], targets[block.boundary])
+
+
+# --------------------------------------------------------------------------- losses
+
+def _relative_mse(student, teacher):
+    return ((student - teacher) ** 2).sum() / (teacher ** 2).sum().clamp_min(1e-12)
+
+
+def _rows(tensor):
+    return tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() > 1 else tensor.reshape(1, -1)
+
+
+def _cosine_loss(student, teacher):
+    return (1.0 - torch.nn.functional.cosine_similarity(_rows(student), _rows(teacher), dim=-1, eps=1e-12)).mean()
+
+
+def _kl_loss(student, teacher, temperature: float):
+    log_p = torch.log_softmax(_rows(teacher) / temperature, dim=-1)
+    log_q = torch.log_softmax(_rows(student) / temperature, dim=-1)
+    # KL(teacher || student), scaled by T^2 so gradients keep their size across temperatures (Hinton et al.).
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * temperature ** 2
+
+
+def find_blocks(graph: TorchGraph, boundaries: list[str]) -> list[Block]:
+    """One block per boundary: the student's nodes computing it from the earlier boundaries, and
+    the trainable tensors they read."""
+    found = []
+    for index, boundary in enumerate(boundaries):
+        nodes, _ = graph.plan((boundary,), frozenset(boundaries[:index]))
+        used = dict.fromkeys(v.name for node in nodes for v in node.inputs
+                             if v is not None and v.name in graph.parameters)
+        found.append(Block(boundary, list(used)))
+    return found
+
+
+def make_batches(feeds: list[dict], batch_size: int) -> list[Batch]:
+    """Feeds of one shape concatenated along axis 0 up to ``batch_size`` rows (feeds keep their order
+    within a shape). ``batch_size`` 1 leaves every feed alone."""
+    groups: dict[tuple, list[dict]] = {}
+    for feed in feeds:
+        key = tuple(sorted((name, array.shape[1:], array.dtype.str) for name, array in feed.items()))
+        groups.setdefault(key, []).append(feed)
+    joined = []
+    for members in groups.values():
+        chunk: list[dict] = []
+        for feed in members:
+            chunk.append(feed)
+            if batch_size == 1 or sum(_rows_of(f) for f in chunk) >= batch_size:
+                joined.append(_join(chunk))
+                chunk = []
+        if chunk:
+            joined.append(_join(chunk))
+    return joined
+
+
+def _join(chunk: list[dict]) -> Batch:
+    if len(chunk) == 1:
+        return Batch(dict(chunk[0]), _rows_of(chunk[0]))
+    joined = {name: np.concatenate([f[name] for f in chunk], axis=0) for name in chunk[0]}
+    return Batch(joined, sum(_rows_of(f) for f in chunk))
+
+
+def _rows_of(feed: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feed.values()))
+    return int(first.shape[0]) if first.ndim else 1
