@@ -57,14 +57,14 @@ import importlib
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import _measure  # benchmarks/_measure.py: this script runs as a file, so its folder is on sys.path
 
 # Heavy libraries are imported inside functions: a quantizer's child process then loads only
 # what that quantizer needs, so its peak memory is its own.
@@ -83,9 +83,8 @@ _ATTENTION = ("hybrid",)  # corpus architectures NNCF is told are transformers
 _CALIBRATION_SEED, _EVALUATION_SEED = 1, 2  # the corpus tests' seeds
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # the ops whose cost int8 is for
 _PER_CHANNEL_OPSET = 13  # QuantizeLinear/DequantizeLinear take a per-channel ``axis`` from opset 13
-_RESULT = "RESULT "  # marks the child's stdout line that carries its measurements (JSON)
 _CHILD_TIMEOUT_S = 600
-_MB = 2 ** 20
+_MB = _measure.MB
 # Module each quantizer needs, imported before its timer and memory baseline start.
 _MODULES = {"ort_static": "onnxruntime.quantization", "ort_dynamic": "onnxruntime.quantization",
             "nncf": "nncf", "onnxpress": "onnxpress", "onnxpress_recipe": "onnxpress"}
@@ -174,20 +173,11 @@ def child(job: dict[str, Any]) -> None:
     child and the parent reports its last line.
     """
     importlib.import_module(_MODULES[job["method"]])
-    feeds = _read_feeds(Path(job["feeds"])) * job["repeat"] if job["feeds"] else []
+    feeds = _measure.read_feeds(Path(job["feeds"])) * job["repeat"] if job["feeds"] else []
     quantizer = {"ort_static": _ort_static, "ort_dynamic": _ort_dynamic, "nncf": _nncf,
                  "onnxpress": _onnxpress, "onnxpress_recipe": _onnxpress_recipe}[job["method"]]
-    base_mb = _status_mb("VmRSS")
-    start = time.perf_counter()
-    try:
-        extra = quantizer(Path(job["source"]), Path(job["target"]), feeds, job["options"])
-    except _refusals(job["method"]) as err:  # evaluated only when something was raised
-        print(_RESULT + json.dumps({"error": f"refused: {err}"}), flush=True)
-        return
-    seconds = time.perf_counter() - start
-    peak_mb = _status_mb("VmHWM")
-    print(_RESULT + json.dumps({"seconds": seconds, "peak_mb": peak_mb, "step_mb": peak_mb - base_mb, **extra}),
-          flush=True)
+    _measure.measure(lambda: quantizer(Path(job["source"]), Path(job["target"]), feeds, job["options"]),
+                     _refusals(job["method"]))
 
 
 def _refusals(method: str) -> tuple[type[BaseException], ...]:
@@ -198,19 +188,6 @@ def _refusals(method: str) -> tuple[type[BaseException], ...]:
     import onnxpress as ox
 
     return (ox.OnnxpressError,)
-
-
-def _status_mb(key: str) -> float:
-    """A memory figure of this process from /proc/self/status, in MB.
-
-    VmHWM (peak resident) belongs to this process image; ru_maxrss would carry a parent's peak
-    over fork and exec.
-    """
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024 / _MB
-    raise KeyError(key)
 
 
 def _ort_static(source: Path, target: Path, feeds: list, options: dict) -> dict[str, Any]:
@@ -317,21 +294,6 @@ def _describe(stats: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def _write_feeds(feeds: list[dict[str, np.ndarray]], path: Path) -> None:
-    """Store feeds of any shapes in one ``.npz`` file (keys ``index:input``)."""
-    np.savez(path, **{f"{i}:{name}": array for i, feed in enumerate(feeds) for name, array in feed.items()})
-
-
-def _read_feeds(path: Path) -> list[dict[str, np.ndarray]]:
-    """The feeds ``_write_feeds`` stored, in order."""
-    feeds: dict[int, dict[str, np.ndarray]] = {}
-    with np.load(path) as data:
-        for key in data.files:
-            index, name = key.split(":", 1)
-            feeds.setdefault(int(index), {})[name] = data[key]
-    return [feeds[i] for i in sorted(feeds)]
-
-
 # ----------------------------------------------------------------------------- parent process
 
 def say(case: str, step: str) -> None:
@@ -380,7 +342,7 @@ def prepare(name: str, settings: Settings, folder: Path) -> Case:
         case = Case(name, folder, _images(settings.image_calibration, 0, input_name), evaluation, evaluation[0],
                     latency_aware_row=name == "mobilenet_v3_small")
     ox.save(model, case.fp32)
-    _write_feeds(case.calibration, case.feeds_file)
+    _measure.write_feeds(case.calibration, case.feeds_file)
     return case
 
 
@@ -410,7 +372,7 @@ def _prepare_corpus(name: str, settings: Settings, folder: Path) -> Case:
                 attention=architecture in _ATTENTION, groups=spec.groups, group_axis=spec.group_axis,
                 class_axis=_CLASS_AXIS.get(architecture), opset=_opset(built))
     shutil.copyfile(built, case.fp32)
-    _write_feeds(case.calibration, case.feeds_file)
+    _measure.write_feeds(case.calibration, case.feeds_file)
     return case
 
 
@@ -453,21 +415,11 @@ def quantize(case: Case, label: str, method: str, options: dict[str, Any], repea
     target = case.folder / f"{label.replace(' ', '_').replace('+', '_')}-x{repeat}.onnx"
     job = {"method": method, "source": str(case.fp32), "target": str(target), "options": options,
            "feeds": None if method == "ort_dynamic" else str(case.feeds_file), "repeat": repeat}
-    try:
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
-                              capture_output=True, text=True, timeout=_CHILD_TIMEOUT_S, cwd=case.folder)
-    except subprocess.TimeoutExpired:
-        return Row(label, error=f"timed out after {_CHILD_TIMEOUT_S} s")
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith(_RESULT):
-            result = json.loads(line[len(_RESULT):])
-            if "error" in result:
-                return Row(label, error=result["error"])
-            return Row(label, path=target, seconds=result["seconds"], peak_mb=result["peak_mb"],
-                       step_mb=result["step_mb"], note=result.get("note", ""),
-                       float_nodes=result.get("float_nodes"))
-    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-    return Row(label, error=lines[-1] if lines else f"exit status {done.returncode}")
+    result = _measure.run_child(Path(__file__).resolve(), job, case.folder, _CHILD_TIMEOUT_S)
+    if "error" in result:
+        return Row(label, error=result["error"])
+    return Row(label, path=target, seconds=result["seconds"], peak_mb=result["peak_mb"], step_mb=result["step_mb"],
+               note=result.get("note", ""), float_nodes=result.get("float_nodes"))
 
 
 def time_rows(case: Case, rows: list[Row], settings: Settings) -> None:
