@@ -59,9 +59,10 @@ accuracy, wall time and peak memory on each pruning setting of both models.
 
 Run: ``.venv/bin/python benchmarks/recover.py [--quick] [--models minilm,digits]
 [--settings lowrank75,lowrank50,prune50,prune24,structured30,structured50]
-[--distill-minilm SECONDS] [--distill-digits SECONDS]``. The full run takes 20-40 minutes on
-two busy cores, mostly MiniLM; ``--quick`` (fewer calibration samples, a 10 s / 5 s
-distillation) a few minutes.
+[--distill-minilm SECONDS] [--distill-digits SECONDS]``. The full run takes about 40 minutes
+on two busy cores, all but 3 of them MiniLM's (compensation and onnxsim's SparseGPT take 2-4
+minutes each there); ``--quick`` (fewer calibration samples, a 10 s / 5 s distillation) about
+2 minutes for the digits CNN and 6 per MiniLM setting.
 """
 from __future__ import annotations
 
@@ -227,7 +228,7 @@ def _describe_compression(compress: str, stats: dict[str, Any]) -> str:
         if not factored:
             reasons = sorted(set(stats.get("skipped", {}).values()))
             return "factored nothing" + (f" ({'; '.join(reasons[:2])})" if reasons else "")
-        parts = [f"{_count(factored, 'layer')} factored, their params kept {stats.get('params_kept', 0):.2f}"]
+        parts = [f"{_count(factored, 'layer')} factored, candidates' params kept {stats.get('params_kept', 0):.2f}"]
     else:
         parts = [f"{_count(stats.get('pruned_layers', 0), 'layer')} pruned, sparsity {stats.get('sparsity', 0):.2f}"]
     compensation = stats.get("compensation") or {}
@@ -237,9 +238,9 @@ def _describe_compression(compress: str, stats: dict[str, Any]) -> str:
         after = statistics.median(layer["output_error_after"] for layer in refits)
         parts.append(f"{_count(len(refits), 'layer')} refit (median output error {before:.4f} -> {after:.4f})")
         if len(refits) < len(compensation):
-            parts.append(f"{len(compensation) - len(refits)} left as they were (the refit did not help)")
+            parts.append(f"{len(compensation) - len(refits)} not refit (no refit beat them on held-back rows)")
     elif compensation:
-        parts.append(f"compensation left all {_count(len(compensation), 'layer')} as they were (the refit did not help)")
+        parts.append(f"no layer refit ({len(compensation)} tried: no refit beat them on held-back rows)")
     return ", ".join(parts)
 
 
