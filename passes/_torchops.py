@@ -66,6 +66,10 @@ def _is_integer(tensor: torch.Tensor) -> bool:
 
 # ---------------------------------------------------------------------- elementwise ops
 
+def _unary(function):
+    return lambda node, x, g: [function(x[0])]
+
+
 def _binary(function):
     return lambda node, x, g: [function(x[0], x[1])]
 
@@ -88,31 +92,20 @@ _op("GreaterOrEqual")(_binary(torch.ge))
 _op("And")(_binary(torch.logical_and))
 _op("Or")(_binary(torch.logical_or))
 _op("Xor")(_binary(torch.logical_xor))
-_op("Not")(lambda node, x, g: [torch.logical_not(x[0])])
-_op("IsNaN")(lambda node, x, g: [torch.isnan(x[0])])
-_op("IsInf")(lambda node, x, g: [torch.isinf(x[0])])
+# Elementwise ops of one input: the torch function that computes each.
+_UNARY = {
+    "Not": torch.logical_not, "IsNaN": torch.isnan, "IsInf": torch.isinf, "Abs": torch.abs, "Sqrt": torch.sqrt,
+    "Reciprocal": torch.reciprocal, "Exp": torch.exp, "Log": torch.log, "Erf": torch.erf, "Tanh": torch.tanh,
+    "Sigmoid": torch.sigmoid, "Relu": torch.relu, "Floor": torch.floor, "Ceil": torch.ceil, "Sign": torch.sign,
+    "Sin": torch.sin, "Cos": torch.cos, "Softplus": F.softplus, "HardSwish": F.hardswish, "Mish": F.mish
+}
+for _name, _function in _UNARY.items():
+    _op(_name)(_unary(_function))
 _op("Where")(lambda node, x, g: [torch.where(x[0].bool(), x[1], x[2])])
 _op("MatMul")(_binary(torch.matmul))
 _op("Identity", "Dropout")(lambda node, x, g: [x[0]])  # Dropout at inference passes its input through
 _op("Neg")(lambda node, x, g: [-x[0]])
-_op("Abs")(lambda node, x, g: [torch.abs(x[0])])
-_op("Sqrt")(lambda node, x, g: [torch.sqrt(x[0])])
-_op("Reciprocal")(lambda node, x, g: [torch.reciprocal(x[0])])
-_op("Exp")(lambda node, x, g: [torch.exp(x[0])])
-_op("Log")(lambda node, x, g: [torch.log(x[0])])
-_op("Erf")(lambda node, x, g: [torch.erf(x[0])])
-_op("Tanh")(lambda node, x, g: [torch.tanh(x[0])])
-_op("Sigmoid")(lambda node, x, g: [torch.sigmoid(x[0])])
-_op("Relu")(lambda node, x, g: [torch.relu(x[0])])
-_op("Floor")(lambda node, x, g: [torch.floor(x[0])])
-_op("Ceil")(lambda node, x, g: [torch.ceil(x[0])])
 _op("Round")(lambda node, x, g: [torch.round(x[0])])  # half to even, as ONNX Round
-_op("Sign")(lambda node, x, g: [torch.sign(x[0])])
-_op("Sin")(lambda node, x, g: [torch.sin(x[0])])
-_op("Cos")(lambda node, x, g: [torch.cos(x[0])])
-_op("Softplus")(lambda node, x, g: [F.softplus(x[0])])
-_op("HardSwish")(lambda node, x, g: [F.hardswish(x[0])])
-_op("Mish")(lambda node, x, g: [F.mish(x[0])])
 _op("PRelu")(lambda node, x, g: [torch.where(x[0] >= 0, x[0], x[0] * x[1])])
 _op("Max")(lambda node, x, g: [_fold(torch.maximum, x)])
 _op("Min")(lambda node, x, g: [_fold(torch.minimum, x)])
