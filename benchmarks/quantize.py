@@ -2,8 +2,9 @@
 
 For each model one table compares the fp32 model, ONNX Runtime's ``quantize_static`` (QDQ, per
 channel, MinMax) and ``quantize_dynamic`` (int8 weights), ``nncf.quantize``, and onnxpress's
-``Quantize`` pass with default options (and, for the digits CNN and MobileNetV3-small, where
-int8 may not pay on a CPU, ``latency_aware=True``). Every quantizer gets the same calibration
+``Quantize`` pass with default options (and, on the samples, with ``gptq=False``: plain
+rounding of the weights instead of GPTQ's error feedback; for the digits CNN and
+MobileNetV3-small, where int8 may not pay on a CPU, also ``latency_aware=True``). Every quantizer gets the same calibration
 feeds and reads the same fp32 file from a private temporary folder.
 
 The models: the four samples (the bundled digits CNN, ResNet-18 and MobileNetV3-small with
@@ -252,8 +253,8 @@ def _onnxpress(source: Path, target: Path, feeds: list, options: dict) -> dict[s
     """onnxpress's Quantize pass in a default pipeline; returns what the pass chose."""
     import onnxpress as ox
 
-    result = ox.Pipeline([ox.passes.Quantize(latency_aware=options.get("latency_aware", False))]).run(
-        ox.load(source), calibration=feeds)
+    quantize = ox.passes.Quantize(latency_aware=options.get("latency_aware", False), gptq=options.get("gptq", "auto"))
+    result = ox.Pipeline([quantize]).run(ox.load(source), calibration=feeds)
     ox.save(result.model, target)
     stats = result.records[0].statistics
     return {"note": _describe(stats), "float_nodes": _float_nodes(result.model, stats)}
@@ -283,6 +284,8 @@ def _describe(stats: dict[str, Any]) -> str:
              f"{len(stats.get('float_nodes', {}))} float"]
     if stats.get("smoothquant_alpha") is not None:
         parts.append(f"smoothquant {stats['smoothquant_alpha']}")
+    if stats.get("gptq"):
+        parts.append(f"GPTQ {stats['gptq']['layers']}/{stats['gptq']['considered']} layers")
     latency = stats.get("latency")
     if latency:
         parts.append(f"own timing fp32 {latency['fp32_ms']:#.4g} ms, int8 {latency['int8_ms']:#.4g} ms, "
@@ -403,6 +406,8 @@ def methods(case: Case) -> list[tuple[str, str, dict[str, Any]]]:
     rows = [("ORT static", "ort_static", opset), ("ORT dynamic", "ort_dynamic", {}),
             ("NNCF", "nncf", {"transformer": case.transformer or case.attention, **opset}),
             ("onnxpress", "onnxpress", {})]
+    if not case.corpus:  # what GPTQ's rounding (on by default with calibration data) gives and costs
+        rows.append(("onnxpress gptq=False", "onnxpress", {"gptq": False}))
     if case.latency_aware_row:
         rows.append(("onnxpress latency-aware", "onnxpress", {"latency_aware": True}))
     if case.corpus:

@@ -5,12 +5,18 @@ the matching weight rows by ``s``: the product is unchanged, the activation's ou
 shrink, and per-channel weight quantization absorbs the larger weights. Bias correction
 (Nagel et al., 2019) removes the mean shift quantized weights cause on real activations; here
 it is measured with probe nodes that apply only the weight error to the float activations.
+GPTQ (Frantar et al., 2023) rounds each weight to its int8 grid in turn and spreads the rounding
+error over the weights of inputs not yet rounded, through the inverse second moments of the
+layer's inputs; the quantizer is then handed the grid, so it stores exactly those integers.
 """
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress.passes import _compensate
 from onnxpress.passes._common import constant, set_initializer
 
 
@@ -61,16 +67,29 @@ def smooth(model: ir.Model, groups: dict[str, list[ir.Node]], stats, alpha: floa
     return done
 
 
-def _quantized(weight: np.ndarray, axis: int, reduce_range: bool) -> np.ndarray:
-    """``weight`` after symmetric per-channel int8 quantization and back.
+def _grid(reduce_range: bool) -> tuple[int, int]:
+    """ONNX Runtime's symmetric int8 weight range: [-127, 127], [-64, 64] with reduce-range."""
+    return (-64, 64) if reduce_range else (-127, 127)
 
-    Mirrors ONNX Runtime's symmetric weights: range [-127, 127] ([-64, 64] with reduce-range),
-    zero point 0, ``scale = 2 * max|w| / (qmax - qmin)``.
-    """
-    qmin, qmax = (-64, 64) if reduce_range else (-127, 127)
+
+def _scales(weight: np.ndarray, axis: int | None, reduce_range: bool) -> np.ndarray:
+    """ONNX Runtime's symmetric weight scales, ``2 * max|w| / (qmax - qmin)`` (1 for an all-zero
+    channel): one per index of ``axis``, or one for the tensor when ``axis`` is None."""
+    qmin, qmax = _grid(reduce_range)
+    if axis is None:
+        absmax = np.abs(weight.astype(np.float64)).max(keepdims=True).reshape(1)
+    else:
+        moved = np.moveaxis(weight.astype(np.float64), axis, 0)
+        absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    return np.where(absmax > 0, 2.0 * absmax / (qmax - qmin), 1.0)
+
+
+def _quantized(weight: np.ndarray, axis: int, reduce_range: bool) -> np.ndarray:
+    """``weight`` after symmetric per-channel int8 quantization and back (ONNX Runtime's
+    symmetric weights: zero point 0, the scales of ``_scales``)."""
+    qmin, qmax = _grid(reduce_range)
     moved = np.moveaxis(weight.astype(np.float64), axis, 0)
-    absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    scale = np.where(absmax > 0, 2.0 * absmax / (qmax - qmin), 1.0).reshape(-1, *([1] * (moved.ndim - 1)))
+    scale = _scales(weight, axis, reduce_range).reshape(-1, *([1] * (moved.ndim - 1)))
     restored = np.clip(np.round(moved / scale), qmin, qmax) * scale
     return np.moveaxis(restored, 0, axis)
 
@@ -106,7 +125,7 @@ def correct_biases(model: ir.Model, nodes: list[ir.Node], probes: dict[str, str]
     """Subtract from each bias the mean its probe measured (the shift int8 weights cause).
 
     Returns node name -> name of its uncorrected bias initializer, which stays in the graph
-    (until dead-code removal) so a node that ends up float can have it back (``restore_biases``).
+    (until dead-code removal) so a node that ends up float can have it back (``restore_inputs``).
     """
     corrected = {}
     for node in nodes:
@@ -124,8 +143,75 @@ def correct_biases(model: ir.Model, nodes: list[ir.Node], probes: dict[str, str]
     return corrected
 
 
-def restore_biases(model: ir.Model, originals: dict[str, str]) -> None:
-    """Give the named nodes their uncorrected biases back, in place (see ``correct_biases``)."""
+def restore_inputs(model: ir.Model, originals: dict[str, str], index: int) -> None:
+    """Give the named nodes their input ``index`` back by initializer name, in place: the
+    uncorrected bias (``correct_biases``, index 2) or the unrounded weight (``gptq``, index 1)
+    of a node that ends up float."""
     for node in model.graph:
         if node.name in originals and originals[node.name] in model.graph.initializers:
-            node.replace_input_with(2, model.graph.initializers[originals[node.name]])
+            node.replace_input_with(index, model.graph.initializers[originals[node.name]])
+
+
+GPTQ_DAMPING = 0.01  # GPTQ's own damping (1 % of the mean diagonal): rounding keeps weights near theirs
+
+
+def gptq(model: ir.Model, nodes: list[ir.Node], feeds, runner, *, per_channel: bool, reduce_range: bool,
+         limit: int | None = None, say: Callable[[str], None] | None = None
+         ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, dict[str, Any]]]:
+    """Round the weights of ``nodes`` (MatMul, Gemm, Conv of ``model``) to their int8 grids with
+    GPTQ error feedback, in place, in graph order on the inputs the already-rounded layers give
+    (``_compensate.refit``: the original model's layer outputs are the targets).
+
+    The grid is ONNX Runtime's own (symmetric, zero point 0, its scale per output channel or per
+    tensor). One damping is used, not a search (each solve costs a K x K inverse, K up to
+    C·kh·kw = 4608 in a ResNet); a layer takes its rounded weights only when they beat plain
+    rounding on calibration rows held back from the fit. Returns the quantizer's ``TensorQuantOverrides`` for the new
+    weights (their scales, so the quantizer stores exactly the rounded integers), node name ->
+    its original weight's name (for nodes that end up float: ``restore_inputs``), and each
+    layer's fit statistics by node name. Weights read by more than one node, or through a
+    Constant node, are left to the quantizer.
+    """
+    teacher = model.clone()
+    qmin, qmax = _grid(reduce_range)
+    by_name = {node.name: node for node in teacher.graph}
+    layers, planned = [], {}
+    for node in nodes:
+        value = node.inputs[1] if len(node.inputs) > 1 else None
+        weight = constant(value)
+        if weight is None or not value.is_initializer() or len(value.uses()) != 1 or weight.dtype != np.float32:
+            continue
+        found = _compensate.layout(node, weight)
+        if found is None or node.name not in by_name:
+            continue
+        rows, to_rows, back = found
+        axis = (0 if node.op_type == "Conv" or node.attributes.get_int("transB", 0) else 1) if per_channel else None
+        scale = _scales(weight, axis, reduce_range)  # per output channel: one per column of x @ W
+        start = to_rows(weight).astype(np.float64)
+        nearest = np.clip(np.round(start / scale), qmin, qmax) * scale
+
+        def fit(best, damped, node=node, scale=scale, back=back, value=value):
+            fitted = _compensate.quantized(best, damped, scale, qmin, qmax)
+
+            def write():
+                set_initializer(model.graph, node, 1, np.ascontiguousarray(back(fitted)).astype(np.float32),
+                                f"{value.name}_gptq")
+            return fitted, write
+
+        layers.append(_compensate.Layer(
+            key=node.name, weight=start, start=start, baseline=nearest, teacher_input=by_name[node.name].inputs[0].name,
+            student_input=node.inputs[0].name, teacher_rows=rows, student_rows=rows, fit=fit, owns=(node.name,)))
+        planned[node.name] = (value.name, axis, scale)
+    if not layers:
+        return {}, {}, {}
+    fits = _compensate.refit(teacher, model, layers, feeds, runner, dampings=(GPTQ_DAMPING,), limit=limit, say=say)
+    overrides, originals = {}, {}
+    for node in nodes:
+        if node.name not in planned or fits.get(node.name, {"kept": True}).get("kept", False):
+            continue
+        original, axis, scale = planned[node.name]
+        if axis is None:
+            overrides[node.inputs[1].name] = [{"scale": float(scale[0]), "zero_point": 0}]
+        else:
+            overrides[node.inputs[1].name] = [{"axis": axis, "scale": float(s), "zero_point": 0} for s in scale]
+        originals[node.name] = original
+    return overrides, originals, fits

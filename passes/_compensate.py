@@ -15,6 +15,8 @@ as ||x̂·(Ŵ - W*)||² + a constant, so each constrained fit is the same fit of
   Alistarh 2023): each pruned weight's error is spread over the weights of later inputs
   through the Cholesky factor of Ĉ⁻¹, in blocks of 128 inputs, the mask chosen per block by
   saliency w²/[Ĉ⁻¹]ᵢᵢ (or kept as the pass chose it);
+- ``quantized``: the same updates with each weight rounded to its quantization grid instead of
+  pruned (GPTQ, Frantar et al. 2023), for int8 weights;
 - ``factored``: truncated SVD of S·W* with S the Cholesky factor of Ĉ, mapped back (the
   anchored refit of SVD-LLM / AA-SVD): the best rank-r weight for the compressed inputs.
 
@@ -37,6 +39,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxpress import modelinfo
+from onnxpress.feeds import check_feed
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,9 @@ class Layer:
     ``student_rows`` turn one sample's activation into rows (a reshape, or a convolution's
     patches). ``fit`` takes W* and the damped Ĉ and returns the constrained weight ([K̂, N], as
     the layer computes it) and a function that writes it into the student. ``owns`` are the
-    student nodes the refit changes (later stages wait for them).
+    student nodes the refit changes (later stages wait for them). ``baseline`` is what the
+    layer would compute without the refit when that is not ``start`` (GPTQ: ``start`` rounded
+    to the nearest grid point, as the quantizer would store it); a refit must beat it.
     """
 
     key: str
@@ -95,6 +100,7 @@ class Layer:
     student_rows: Rows
     fit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, Callable[[], None]]]
     owns: tuple[str, ...]
+    baseline: np.ndarray | None = None
     moments: dict[str, Moments] = field(default_factory=dict, repr=False)
 
 
@@ -129,16 +135,43 @@ def patch_rows(node: ir.Node) -> Rows:
     return rows
 
 
+def layout(node: ir.Node, weight: np.ndarray) -> tuple[Rows, Callable, Callable] | None:
+    """How ``node``'s weight computes ``x @ W``: the rows of its input, the weight as [K, N]
+    and its inverse; None for a layer read otherwise (grouped convolutions, ``transA``).
+
+    MatMul: the weight as is; Gemm: transposed with ``transB``; Conv: [N, C, kh, kw] as
+    [C·kh·kw, N] over the input's patches.
+    """
+    op = node.op_type
+    if op == "Conv":
+        if node.attributes.get_int("group", 1) != 1 or weight.ndim != 4:
+            return None
+        shape = weight.shape
+        return patch_rows(node), (lambda w: w.reshape(w.shape[0], -1).T), (lambda w: w.T.reshape(shape))
+    if op == "Gemm":
+        if node.attributes.get_int("transA", 0) or weight.ndim != 2:
+            return None
+        turn = (lambda w: w.T) if node.attributes.get_int("transB", 0) else (lambda w: w)
+        return flat_rows, turn, turn
+    if op == "MatMul" and weight.ndim == 2:
+        return flat_rows, (lambda w: w), (lambda w: w)
+    return None
+
+
 def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: Iterable[Mapping[str, np.ndarray]],
-          runner: Any, *, damping: float = 0.01, limit: int | None = None, seed: int = 0,
-          say: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+          runner: Any, *, damping: float = 0.01, dampings: Sequence[float] | None = None, limit: int | None = None,
+          seed: int = 0, say: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Refit ``layers`` of ``student`` (in place) to the outputs of ``teacher``'s layers.
 
-    ``feeds`` is read once per stage (a list, or a re-iterable source). Returns the statistics
+    ``feeds`` is read once per stage (a list, or a re-iterable source). ``dampings``, when
+    given, are the dampings tried instead of ``damping`` and the larger ``DAMPINGS``
+    (``_solve``). Returns the statistics
     of each layer's fit by key: the rows seen and the relative output error before and after
     (measured through the collected moments).
     """
     feeds = list(itertools.islice(feeds, limit))  # read once, held for the stages: a calibration set
+    for index, feed in enumerate(feeds):
+        check_feed(student, feed, f"calibration: sample {index}")
     stages = _stages(student, layers)
     wanted = sorted({layer.teacher_input for layer in layers})
     taught, _ = modelinfo.expose_intermediates(teacher, wanted, include_inputs=True)
@@ -151,6 +184,7 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
             exposed, _ = modelinfo.expose_intermediates(student, names, include_inputs=True)
             with runner.session(exposed, optimization="basic") as session:
                 student_names = [n for n in session.output_names if n in set(names)]
+                taught_names = [n for n in teacher_names if n in {layer.teacher_input for layer in stage}]
                 groups: dict[tuple, _Group] = {}  # layers reading one input share its moments
                 for layer in stage:
                     key = (layer.student_input, layer.teacher_input, layer.student_rows, layer.teacher_rows)
@@ -159,7 +193,7 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
                     group.start()
                 for index, feed in enumerate(feeds):
                     split = "check" if index % CHECK_EVERY == CHECK_EVERY - 1 else "fit"
-                    taught_values = {**feed, **teacher_session.run(feed, teacher_names)}
+                    taught_values = {**feed, **teacher_session.run(feed, taught_names)}
                     student_values = {**feed, **session.run(feed, student_names)}
                     for group in groups.values():
                         first = group.members[0]
@@ -167,7 +201,7 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
                 for group in groups.values():
                     group.flush()
             for layer in stage:
-                result[layer.key] = _solve(layer, damping)
+                result[layer.key] = _solve(layer, damping, dampings)
                 layer.moments = {}
             if say is not None:
                 say(f"compensation: stage {number}/{len(stages)} refit ({len(stage)} layer(s))")
@@ -231,36 +265,47 @@ class _Group:
             moments.rows += x_hat.shape[0]
 
 
-def _solve(layer: Layer, damping: float) -> dict[str, Any]:
+def _solve(layer: Layer, damping: float, dampings: Sequence[float] | None = None) -> dict[str, Any]:
     """Choose the damping on the held-back rows, refit on all rows, write the result.
 
     The fit is a regression on as few rows as there are calibration tokens or positions,
     often no more than the layer has inputs: undamped it reproduces those rows and little
     else. Each damping of ``DAMPINGS`` (times Ĉ's mean diagonal; ``damping`` is the least) is
     fitted on the fit rows and scored on the check rows (every ``CHECK_EVERY``-th sample); the
-    layer keeps its current weights when no refit beats them there.
+    layer keeps its current weights when no refit beats them there. Given ``dampings`` of one
+    value, there is nothing to choose: the fit on the fit rows is written as it was scored
+    (one solve instead of two, for GPTQ).
     """
     fit, check = layer.moments["fit"], layer.moments["check"]
     weight, start = layer.weight.astype(np.float64), layer.start.astype(np.float64)
+    baseline = start if layer.baseline is None else layer.baseline.astype(np.float64)
     everything = fit + check
-    before = check.error(weight, start) if check.rows else everything.error(weight, start)
+    if not (np.isfinite(everything.gram).all() and np.isfinite(everything.cross).all()
+            and np.isfinite(everything.energy)):  # activations near float32's limit (untrained weights)
+        return {"rows": everything.rows, "kept": True, "reason": "the input moments overflow float32"}
+    before = check.error(weight, baseline) if check.rows else everything.error(weight, baseline)
     scores = {}
-    dampings = sorted({damping, *(d for d in DAMPINGS if d > damping)})
+    tried = sorted(set(dampings)) if dampings else sorted({damping, *(d for d in DAMPINGS if d > damping)})
     if check.rows:
-        for value in dampings:
-            fitted, _ = layer.fit(*_optimum(fit, weight, start, value))
+        for value in tried:
+            fitted, write = layer.fit(*_optimum(fit, weight, start, value))
             scores[value] = check.error(weight, fitted)
         chosen = min(scores, key=scores.get)
         if scores[chosen] >= before:
             return {"rows": everything.rows, "kept": True, "output_error": round(before, 6),
                     "dampings": {f"{d:g}": round(e, 6) for d, e in scores.items()}}
     else:
-        chosen = damping
-    fitted, write = layer.fit(*_optimum(everything, weight, start, chosen))
+        chosen = tried[0]
+    if len(tried) > 1 or not check.rows:
+        fitted, write = layer.fit(*_optimum(everything, weight, start, chosen))
+    if not check.rows and not everything.error(weight, fitted) < before:
+        # No rows held back to judge the fit (under CHECK_EVERY samples): it must at least beat
+        # the current weights on the rows it was fitted on.
+        return {"rows": everything.rows, "kept": True, "output_error": round(before, 6)}
     write()
     stats = {"rows": everything.rows, "damping": chosen, "output_error_before": round(before, 6),
              "output_error_after": round(scores.get(chosen, everything.error(weight, fitted)), 6)}
-    if scores:
+    if len(scores) > 1:
         stats["dampings"] = {f"{d:g}": round(e, 6) for d, e in scores.items()}
     return stats
 
@@ -320,41 +365,74 @@ def masked(best: np.ndarray, damped: np.ndarray, *, keep: np.ndarray | None = No
     column, by saliency w²/[Ĉ⁻¹]ᵢᵢ²: the ``sparsity`` share of each block's rows, or ``n`` kept
     of every ``m`` consecutive inputs. Returns the pruned weight (exact zeros where pruned).
     """
-    weight = best.copy()
-    rows = weight.shape[0]
-    # float32 LAPACK, as SparseGPT: twice as fast, and the damping keeps Ĉ well conditioned.
-    inverse = np.linalg.inv(damped.astype(np.float32))
-    inverse = (inverse + inverse.T) / 2
-    upper = np.linalg.cholesky(inverse).T.astype(np.float64)  # Ĉ⁻¹ = Uᵀ·U, U upper triangular
-    for first in range(0, rows, BLOCK):
-        last = min(first + BLOCK, rows)
-        block = weight[first:last].copy()
-        factor = upper[first:last, first:last]
-        diagonal = np.diag(factor)[:, None]
+
+    def prepare(first: int, block: np.ndarray, diagonal: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
         if keep is not None:
-            kept = keep[first:last]
+            kept = keep[first:first + block.shape[0]]
         elif n is not None and m is not None:
             kept = np.ones_like(block, bool)
             saliency = block ** 2 / diagonal ** 2
-            for group in range(0, last - first, m):
+            for group in range(0, block.shape[0], m):
                 part = saliency[group:group + m]
                 if part.shape[0] == m:
                     order = np.argsort(part, axis=0)  # ascending: the first m - n go
                     np.put_along_axis(kept[group:group + m], order[:m - n], False, axis=0)
         else:
             saliency = block ** 2 / diagonal ** 2
-            count = int(round(sparsity * (last - first)))
+            count = int(round(sparsity * block.shape[0]))
             kept = np.ones_like(block, bool)
             if count:
                 order = np.argsort(saliency, axis=0, kind="stable")
                 np.put_along_axis(kept, order[:count], False, axis=0)
+        return lambda row, value: np.where(kept[row], value, 0.0)
+
+    return _surgeon(best, damped, prepare)
+
+
+def quantized(best: np.ndarray, damped: np.ndarray, scale: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """``best`` rounded to the grid ``scale·q`` (q integer in [qmin, qmax], zero point 0; ``scale``
+    one value per output column, or one for all) with error feedback over the input rows (GPTQ,
+    Frantar et al. 2023): each row's rounding error is spread over the rows not yet rounded.
+    Returns weights exactly on the grid (``round(w / scale)`` gives back q)."""
+    scale = np.broadcast_to(np.asarray(scale, np.float64), best.shape[1:])
+
+    def prepare(first: int, block: np.ndarray, diagonal: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+        return lambda row, value: np.clip(np.round(value / scale), qmin, qmax) * scale
+
+    return _surgeon(best, damped, prepare)
+
+
+def _surgeon(best: np.ndarray, damped: np.ndarray,
+             prepare: Callable[[int, np.ndarray, np.ndarray], Callable[[int, np.ndarray], np.ndarray]]) -> np.ndarray:
+    """The optimal-brain-surgeon sweep over the input rows that ``masked`` and ``quantized`` share.
+
+    Rows are constrained one at a time in blocks of ``BLOCK``; ``prepare(first, block,
+    diagonal)`` is called at each block's start (with the block's current weights and the
+    diagonal of its Cholesky factor) and returns ``constrain(row, values)``, the row's values
+    as the constraint allows them. Each row's error is spread over the later rows through the
+    upper Cholesky factor of Ĉ⁻¹, lazily across blocks.
+    """
+    weight = best.copy()
+    rows = weight.shape[0]
+    # float32 LAPACK, as SparseGPT: twice as fast, and the damping keeps Ĉ well conditioned.
+    # Ĉ is scaled to a unit mean diagonal first (float32 holds what float64 summed); the sweep
+    # does not depend on the scale of Ĉ (the factor scales the errors and their spread alike).
+    scale = max(float(np.trace(damped)) / damped.shape[0], 1e-30)
+    inverse = np.linalg.inv((damped / scale).astype(np.float32))
+    inverse = (inverse + inverse.T) / 2
+    upper = np.linalg.cholesky(inverse).T.astype(np.float64)  # Ĉ⁻¹ = Uᵀ·U, U upper triangular
+    for first in range(0, rows, BLOCK):
+        last = min(first + BLOCK, rows)
+        block = weight[first:last].copy()
+        factor = upper[first:last, first:last]
+        constrain = prepare(first, block, np.diag(factor)[:, None])
         errors = np.zeros_like(block)
         for row in range(last - first):
             value = block[row]
-            pruned = np.where(kept[row], value, 0.0)
-            error = (value - pruned) / factor[row, row]
+            constrained = constrain(row, value)
+            error = (value - constrained) / factor[row, row]
             block[row:] -= np.outer(factor[row, row:], error)
-            block[row] = pruned
+            block[row] = constrained
             errors[row] = error
         weight[first:last] = block
         weight[last:] -= upper[first:last, last:].T @ errors  # the block's errors, spread onward

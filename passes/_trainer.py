@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -18,9 +18,11 @@ from onnxpress.passes._torchgraph import TorchGraph
 
 logger = logging.getLogger(__name__)
 
-_EVALUATIONS = 10  # held-out checks during the end-to-end phase
+_EVALUATIONS = 10  # held-out checks during the end-to-end phase, at most
+_CHECK_SHARE = 0.2  # the end-to-end phase's time the held-out checks may take, at most
 _SAY_EVERY = 2.0  # seconds between progress messages
 _CACHE_BYTES = 1 << 30  # teacher tensors kept in memory at most; beyond it they are recomputed
+LABELS = "\x00labels"  # the key under which a feed carries its rows' labels (no graph input has it)
 
 
 @dataclass
@@ -30,6 +32,10 @@ class Batch:
     feeds: dict[str, np.ndarray]
     count: int
     targets: dict[str, Any] | None = None
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self.feeds.get(LABELS)
 
 
 @dataclass
@@ -41,6 +47,25 @@ class Block:
     before: float = 0.0
     after: float = 0.0
     steps: int = 0
+
+
+@dataclass
+class Checkpoint:
+    """Weights measured on the held-out data: the loss, the task metric (when one is given; it
+    decides, higher is better) and the outputs' mean row cosine to the teacher's."""
+
+    loss: float
+    metric: float
+    cosine: float
+    weights: dict
+    step: int
+
+    def beats(self, other: Checkpoint) -> bool:
+        if not math.isfinite(self.loss):
+            return False
+        if self.metric != other.metric:
+            return self.metric > other.metric
+        return self.loss < other.loss
 
 
 @dataclass
@@ -76,14 +101,21 @@ class Trainer:
     """Runs the block phase and the end-to-end phase, keeping the best held-out weights."""
 
     def __init__(self, distill: Any, student: TorchGraph, teacher: TeacherCache, outputs: list[str],
-                 boundaries: list[str], masks: dict) -> None:
+                 boundaries: list[str], masks: dict, *, deadline: float | None = None,
+                 metric: Callable[[list[dict[str, np.ndarray]]], float] | None = None,
+                 held_feeds: list[dict] | None = None) -> None:
         self.options = distill
         self.student = student
         self.teacher = teacher
         self.outputs = outputs
         self.boundaries = boundaries
         self.masks = masks
-        self.best: tuple[float, dict, int] = (math.inf, {}, 0)
+        self.deadline = deadline
+        self.reserve = 0.0  # seconds a held-out check takes: kept free before the deadline
+        self.metric = metric
+        self.held_feeds = held_feeds or []
+        self.scale = (1.0, 1.0)  # the distillation and task losses' values before training (task loss)
+        self.best = Checkpoint(math.inf, -math.inf, 0.0, {}, 0)
         self.rng = np.random.default_rng(distill.seed)
         self.last_said = time.monotonic()
 
@@ -112,9 +144,42 @@ class Trainer:
             return list(dict.fromkeys(self.boundaries + self.outputs))
         return self.outputs
 
-    def forward(self, batch: Batch):
-        """The end-to-end loss of the student on ``batch``."""
-        return self.loss(self.student.run(batch.feeds, self.matched), self.teacher(batch))
+    def task(self, student: Mapping[str, Any], labels: np.ndarray):
+        """The task loss of the student's ``task_output`` against ``labels``: cross-entropy of
+        the logits (last axis) with integer classes, or squared error to the targets."""
+        produced = student[self.task_output]
+        if self.options.task_loss == "cross_entropy":
+            target = torch.as_tensor(np.asarray(labels).reshape(-1), dtype=torch.long)
+            return torch.nn.functional.cross_entropy(_rows(produced), target)
+        target = torch.as_tensor(np.asarray(labels, np.float32)).reshape(produced.shape)
+        return ((produced - target) ** 2).mean()
+
+    @property
+    def task_output(self) -> str:
+        return self.options.task_output or self.outputs[0]
+
+    def objective(self, batch: Batch):
+        """What training minimises on ``batch``: the distillation loss, plus ``task_weight`` times
+        the task loss when the batch has labels (each divided by its value before training)."""
+        produced = self.student.run(batch.feeds, self.matched)
+        loss = self.loss(produced, self.teacher(batch))
+        if batch.labels is None:
+            return loss
+        distill_scale, task_scale = self.scale
+        return loss / distill_scale + self.options.task_weight * self.task(produced, batch.labels) / task_scale
+
+    def measure_scales(self, batches: list[Batch]) -> None:
+        """The losses' values before training, on up to four labelled batches (``objective``)."""
+        labelled = [b for b in batches if b.labels is not None][:4]
+        if not labelled:
+            return
+        with torch.no_grad():
+            distill = task = 0.0
+            for batch in labelled:
+                produced = self.student.run(batch.feeds, self.matched)
+                distill += float(self.loss(produced, self.teacher(batch)))
+                task += float(self.task(produced, batch.labels))
+        self.scale = (max(distill / len(labelled), 1e-12), max(task / len(labelled), 1e-12))
 
     def evaluate(self, batches: list[Batch]) -> tuple[float, float]:
         """The end-to-end loss and the outputs' mean row cosine over ``batches`` (feed-weighted)."""
@@ -129,12 +194,30 @@ class Trainer:
             count += batch.count
         return total / max(count, 1), cosine / max(count, 1)
 
+    def measure(self, held: list[Batch], step: int) -> Checkpoint:
+        """The current weights on the held-out data (the task metric on every held-out feed, in
+        order, when one is given); the time it took is kept free before the deadline."""
+        began = time.perf_counter()
+        with torch.no_grad():
+            loss, cosine = self.evaluate(held)
+            metric = 0.0
+            if self.metric is not None:
+                outputs = [{name: tensor.numpy() for name, tensor in self.student.run(feed).items()}
+                           for feed in self.held_feeds]
+                metric = float(self.metric(outputs))
+        self.reserve = max(self.reserve, time.perf_counter() - began)
+        return Checkpoint(loss, metric, cosine, {}, step)
+
     # ----------------------------------------------------------------- schedule
 
-    def _budget(self, share: float) -> tuple[int | None, float | None]:
+    def _budget(self, step_share: float, time_share: float) -> tuple[int | None, float | None]:
+        """The steps (``step_share`` of ``steps``) and seconds (``time_share`` of the time left
+        before the deadline, less one held-out check) a phase may take."""
         options = self.options
-        steps = None if options.steps is None else max(1, int(round(options.steps * share)))
-        seconds = None if options.time_budget is None else options.time_budget * share
+        steps = None if options.steps is None else max(1, int(round(options.steps * step_share)))
+        seconds = None
+        if self.deadline is not None:
+            seconds = max(0.0, self.deadline - time.perf_counter() - self.reserve) * time_share
         return steps, seconds
 
     @staticmethod
@@ -143,7 +226,7 @@ class Trainer:
         if steps is not None:
             done = step / steps
         if seconds is not None:
-            done = max(done, (time.perf_counter() - began) / seconds)
+            done = max(done, (time.perf_counter() - began) / seconds if seconds > 0 else 1.0)
         return done
 
     def _units(self, batches: list[Batch]):
@@ -192,42 +275,47 @@ class Trainer:
         if share:
             self._train_blocks(train, blocks, share, run)
             self._checkpoint(held, run.steps_blocks, "after the block phase")
-        steps, seconds = self._budget(1.0 - share)
+        steps, seconds = self._budget(1.0 - share, 1.0)
         parameters = list(self.student.parameters.items())
         optimizer = torch.optim.Adam([p for _, p in parameters], lr=self.options.learning_rate)
         began = time.perf_counter()
         checks = 1
+        evaluations = _EVALUATIONS
+        if seconds is not None and self.reserve > 0:  # held-out checks take at most a fifth of the time
+            evaluations = max(1, min(_EVALUATIONS, int(_CHECK_SHARE * seconds / self.reserve)))
         step = 0
         for unit in self._units(train):
             done = self._progress(step, steps, began, seconds)
             if done >= 1.0:
                 break
             rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-            value = self._step(optimizer, parameters, unit, self.forward, rate)
+            value = self._step(optimizer, parameters, unit, self.objective, rate)
             step += 1
             if not math.isfinite(value):
                 logger.warning("distill: the training loss became %s at step %d: stopped", value, step)
                 break
-            if self._progress(step, steps, began, seconds) >= checks / _EVALUATIONS:
+            if self._progress(step, steps, began, seconds) >= checks / evaluations:
                 checks += 1
                 self._checkpoint(held, run.steps_blocks + step, f"end to end, step {step}")
             self._say(f"end to end, step {step}{'/' + str(steps) if steps else ''}, training loss {value:.4g}, "
-                      f"best held-out {self.best[0]:.4g}")
+                      f"best held-out {self.best.loss:.4g}")
         run.steps_end_to_end = step
-        if step and (checks - 1) < _EVALUATIONS:
+        if step and (checks - 1) < evaluations:
             self._checkpoint(held, run.steps_blocks + step, "end of training")
         return run
 
     def _checkpoint(self, held: list[Batch], step: int, when: str) -> None:
-        with torch.no_grad():
-            value, _ = self.evaluate(held)
-        if math.isfinite(value) and value < self.best[0]:
-            self.best = (value, {n: p.detach().clone() for n, p in self.student.parameters.items()}, step)
-        self._say(f"held-out loss {value:.4g} {when} (best {self.best[0]:.4g})", always=True)
+        checkpoint = self.measure(held, step)
+        if checkpoint.beats(self.best):
+            checkpoint.weights = {n: p.detach().clone() for n, p in self.student.parameters.items()}
+            self.best = checkpoint
+        metric = f", metric {checkpoint.metric:.4g}" if self.metric is not None else ""
+        self._say(f"held-out loss {checkpoint.loss:.4g}{metric} {when} (best {self.best.loss:.4g})", always=True)
 
     def _train_blocks(self, train: list[Batch], blocks: list[Block], share: float, run: Run) -> None:
         """Each block on its own: fed the teacher's boundary tensors, trained toward the next one."""
-        steps, seconds = self._budget(share)
+        steps, seconds = self._budget(share, share)
+        phase_end = None if seconds is None else time.perf_counter() + seconds
         sample = train[: max(1, min(len(train), 4))]
         active = []
         with torch.no_grad():
@@ -238,8 +326,9 @@ class Trainer:
         if not active:
             return
         per_steps = None if steps is None else max(1, steps // len(active))
-        per_seconds = None if seconds is None else seconds / len(active)
         for index, block in enumerate(active):
+            # Each block gets an equal part of the phase's time left (the loss measurements included).
+            per_seconds = None if phase_end is None else max(0.0, phase_end - time.perf_counter()) / (len(active) - index)
             parameters = [(n, self.student.parameters[n]) for n in block.parameters]
             kept = [p.detach().clone() for _, p in parameters]
             optimizer = torch.optim.Adam([p for _, p in parameters], lr=self.options.learning_rate)

@@ -5,6 +5,7 @@ import logging
 import time
 from typing import Any, Literal, Mapping, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxpress.context import Pass, PassResult
@@ -14,6 +15,7 @@ from onnxpress.passes._common import reject_option
 logger = logging.getLogger(__name__)
 
 Loss = Literal["mse", "cosine", "kl", "features"]
+TaskLoss = Literal["cross_entropy", "mse"]
 
 CONVERTER = "onnxpress torch executor (node by node on the onnx-ir graph)"
 _DEFAULT_TRAIN = ("MatMul", "Gemm", "Conv", "bias", "norm")
@@ -39,8 +41,18 @@ class Distill(Pass, ir.passes.FunctionalPass):
       on MiniLM with 80 training sentences it generalises better than ``mse`` (embedding cosine
       0.887 against 0.882 after lowrank at budget 0.5, 60 s).
 
-    Options: ``steps`` and/or ``time_budget`` (seconds; the first reached ends training; 200
-    steps when neither is given), ``learning_rate`` (Adam, cosine decay), ``batch_size`` (rows
+    With ``labels`` (one per calibration row, in the calibration data's order: an array, or
+    ``"<file.npz>:<key>"``), training adds a task loss on ``task_output`` (default: the first
+    output): ``task_loss`` ``cross_entropy`` (logits on the last axis, integer classes) or
+    ``mse`` (targets), each term divided by its value before training and the task's weighted
+    by ``task_weight``. When the pipeline has a task ``metric`` and evaluation data, the metric
+    on the evaluation data (higher is better) chooses the checkpoint kept, the held-out loss
+    breaking ties; otherwise the held-out loss alone does.
+
+    Options: ``steps`` and/or ``time_budget`` (seconds for the whole pass, measurements
+    included: the phases share the time left, a held-out check's time is kept free for the last
+    one; the first of the two reached ends training; 200 steps when neither is given),
+    ``learning_rate`` (Adam, cosine decay), ``batch_size`` (rows
     per step; feeds of one shape are concatenated when the model's first input axis is dynamic),
     ``block_share`` (share of the steps and time for the block phase; 0 skips it), ``train``
     (op types whose float initializer inputs train, ``bias`` for biases added to a layer's
@@ -52,9 +64,10 @@ class Distill(Pass, ir.passes.FunctionalPass):
     Pruned zeros stay zero (their gradients are masked and the masks re-applied after each
     step), so unstructured and N:M sparsity survive; shapes never change, so factor ranks do
     not either. The held-out loss (the context's evaluation data, else the last fifth of the
-    calibration feeds) is measured before training, after the block phase and ten times during
-    the end-to-end phase; the best weights are returned. When no checkpoint beats the weights
-    the pass got, it returns its input unchanged with ``modified=False`` and says so.
+    calibration feeds) is measured before training, after the block phase and up to ten times
+    during the end-to-end phase (the checks take at most a fifth of its time); the best weights are returned, with their held-out loss and cosine.
+    When no checkpoint beats the weights the pass got, it returns its input unchanged with
+    ``modified=False`` and says so.
 
     Training runs on torch (``pip install 'onnxpress[torch]'``) through a node-by-node executor
     of the onnx-ir graph (``passes/_torchgraph.py``); trained tensors are written back into
@@ -70,6 +83,8 @@ class Distill(Pass, ir.passes.FunctionalPass):
                  train: list[str] | None = None, loss: Loss = "features", temperature: float = 1.0,
                  batch_size: int = 8,
                  block_share: float = 0.5, calibration_samples: int = 512, threads: int | None = None,
+                 labels: np.ndarray | str | None = None, task_loss: TaskLoss = "cross_entropy",
+                 task_weight: float = 1.0, task_output: str | None = None,
                  seed: int = 0, teacher: ir.Model | None = None) -> None:
         super().__init__()
         reject_option(steps is not None and steps < 1, "distill", "steps", ">= 1", steps)
@@ -87,6 +102,11 @@ class Distill(Pass, ir.passes.FunctionalPass):
                       "distill", "train", "a non-empty list of op types, 'bias', 'norm' or initializer names", train)
         reject_option(teacher is not None and not isinstance(teacher, ir.Model), "distill", "teacher",
                       "an onnx_ir.Model", type(teacher).__name__)
+        reject_option(task_loss not in ("cross_entropy", "mse"), "distill", "task_loss", "'cross_entropy' or 'mse'",
+                      task_loss)
+        reject_option(not task_weight >= 0, "distill", "task_weight", ">= 0", task_weight)
+        reject_option(labels is not None and not isinstance(labels, str) and np.ndim(labels) == 0, "distill", "labels",
+                      "an array of one label per calibration row or '<file.npz>:<key>'", labels)
         self.steps = steps if steps is not None or time_budget is not None else 200
         self.time_budget = time_budget
         self.learning_rate = learning_rate
@@ -97,6 +117,10 @@ class Distill(Pass, ir.passes.FunctionalPass):
         self.block_share = block_share
         self.calibration_samples = calibration_samples
         self.threads = threads
+        self.labels = labels
+        self.task_loss = task_loss
+        self.task_weight = task_weight
+        self.task_output = task_output
         self.seed = seed
         self.teacher = teacher
 
@@ -134,9 +158,10 @@ class Distill(Pass, ir.passes.FunctionalPass):
         import torch
 
         from onnxpress.passes._torchgraph import TorchGraph
-        from onnxpress.passes._trainer import TeacherCache, Trainer, find_blocks, make_batches
+        from onnxpress.passes._trainer import LABELS, TeacherCache, Trainer, find_blocks, make_batches
 
         start = time.perf_counter()
+        deadline = None if self.time_budget is None else start + self.time_budget
         torch.manual_seed(self.seed)
         student = model.clone()
         trainable, unmatched = _trainable(student.graph, self.train)
@@ -151,7 +176,7 @@ class Distill(Pass, ir.passes.FunctionalPass):
         teacher_graph = TorchGraph(teacher.graph)
         outputs = self._outputs(student.graph, teacher.graph)
         boundaries = _boundaries(student.graph, teacher.graph, trainable)
-        train_feeds, held_feeds, held_name = self._data()
+        train_feeds, held_feeds, held_name, evaluation = self._data()
         batchable = _batchable(student.graph)
         train_batches = make_batches(train_feeds, self.batch_size if batchable else 1)
         held_batches = make_batches(held_feeds, self.batch_size if batchable else 1)
@@ -164,16 +189,20 @@ class Distill(Pass, ir.passes.FunctionalPass):
         cache = TeacherCache(teacher_graph, wanted)
         masks = {name: (p.detach() != 0) for name, p in student_graph.parameters.items()
                  if trainable[name] == "weight" and bool((p.detach() == 0).any())}
-        trainer = Trainer(self, student_graph, cache, outputs, boundaries, masks)
-        with torch.no_grad():
-            held_before, cosine_before = trainer.evaluate(held_batches)
-            train_before, _ = trainer.evaluate(train_batches)
-        best = {name: p.detach().clone() for name, p in student_graph.parameters.items()}
-        trainer.best = (held_before, best, 0)
+        metric = self.context.metric if evaluation else None
+        trainer = Trainer(self, student_graph, cache, outputs, boundaries, masks, deadline=deadline, metric=metric,
+                          held_feeds=held_feeds)
+        if self.labels is not None and self.task_output is not None and self.task_output not in outputs:
+            raise PassError(f"distill: task_output '{self.task_output}' is not a float output the model and the "
+                            f"teacher share ({outputs})")
+        trainer.measure_scales(train_batches)
+        before = trainer.measure(held_batches, 0)
+        before.weights = {name: p.detach().clone() for name, p in student_graph.parameters.items()}
+        trainer.best = before
         blocks = [b for b in find_blocks(student_graph, boundaries) if b.parameters] if self.block_share > 0 else []
         run = trainer.fit(train_batches, held_batches, blocks)
-        held_best, best, best_step = trainer.best
-        improved = held_best < held_before * (1.0 - 1e-6)
+        best = trainer.best
+        improved = best is not before
         statistics.update({
             "held_out": held_name, "train_samples": len(train_feeds), "held_out_samples": len(held_feeds),
             "tensors_trained": len(trainable),
@@ -183,27 +212,23 @@ class Distill(Pass, ir.passes.FunctionalPass):
             "blocks": {b.boundary: {"before": _round(b.before), "after": _round(b.after), "steps": b.steps}
                        for b in blocks if b.steps},
             "steps": run.steps_blocks + run.steps_end_to_end, "steps_blocks": run.steps_blocks,
-            "steps_end_to_end": run.steps_end_to_end, "best_step": best_step,
-            "held_out_loss_before": _round(held_before), "held_out_loss_after": _round(min(held_best, held_before)),
-            "held_out_cosine_before": _round(cosine_before),
-            "train_loss_before": _round(train_before),
+            "steps_end_to_end": run.steps_end_to_end, "best_step": best.step,
+            "held_out_loss_before": _round(before.loss), "held_out_loss_after": _round(best.loss),
+            "held_out_cosine_before": _round(before.cosine), "held_out_cosine_after": _round(best.cosine),
         })
+        if self.labels is not None:
+            statistics["task"] = {"loss": self.task_loss, "output": trainer.task_output, "weight": self.task_weight,
+                                  "labelled_samples": sum(LABELS in feed for feed in train_feeds)}
+        if metric is not None:
+            statistics.update(metric_before=_round(before.metric), metric_after=_round(best.metric))
+        statistics.update(improved=improved, seconds=round(time.perf_counter() - start, 3))
         if not improved:
-            statistics.update({"train_loss_after": _round(train_before), "held_out_cosine_after": _round(cosine_before),
-                               "seconds": round(time.perf_counter() - start, 3), "improved": False,
-                               "reason": f"no checkpoint beat the held-out loss of the weights it got "
-                                         f"({held_before:.6g}); the model is returned unchanged"})
+            statistics["reason"] = (f"no checkpoint beat the held-out {'metric' if metric else 'loss'} of the weights "
+                                    f"it got ({before.metric if metric else before.loss:.6g}); the model is returned "
+                                    f"unchanged")
             return PassResult(student, modified=False, statistics=statistics)
-        with torch.no_grad():
-            for name, parameter in student_graph.parameters.items():
-                parameter.copy_(best[name])
-            held_after, cosine_after = trainer.evaluate(held_batches)
-            train_after, _ = trainer.evaluate(train_batches)
-        write_back(student.graph, best)
-        statistics.update({"train_loss_after": _round(train_after), "held_out_loss_after": _round(held_after),
-                           "held_out_cosine_after": _round(cosine_after), "improved": True,
-                           "seconds": round(time.perf_counter() - start, 3)})
-        logger.info("distill: held-out loss %.6g -> %.6g in %d steps", held_before, held_after, statistics["steps"])
+        write_back(student.graph, best.weights)
+        logger.info("distill: held-out loss %.6g -> %.6g in %d steps", before.loss, best.loss, statistics["steps"])
         return PassResult(student, modified=True, statistics=statistics)
 
     def _outputs(self, student: ir.Graph, teacher: ir.Graph) -> list[str]:
@@ -214,19 +239,47 @@ class Distill(Pass, ir.passes.FunctionalPass):
                             f"(model: {[v.name for v in student.outputs]}, teacher: {sorted(names)})")
         return chosen
 
-    def _data(self) -> tuple[list[dict], list[dict], str]:
+    def _data(self) -> tuple[list[dict], list[dict], str, bool]:
+        """Training feeds, held-out feeds, the held-out data's name, and whether it is the
+        pipeline's evaluation data (where a task metric applies)."""
         context = self.context
         if context is None or context.calibration is None:
             raise ir.passes.PreconditionError("distill: calibration data needed (run the pass in a Pipeline "
                                               "with calibration=...)")
-        feeds = context.calibration.take(self.calibration_samples)
+        feeds = self._labelled(context.calibration.take(self.calibration_samples))
         if context.evaluation is not None and len(context.evaluation) > 0:
-            return feeds, context.evaluation.take(self.calibration_samples), context.evaluation.name
+            return feeds, context.evaluation.take(self.calibration_samples), context.evaluation.name, True
         if len(feeds) >= 2:
             cut = max(1, min(len(feeds) - 1, round(len(feeds) * 0.8)))
-            return feeds[:cut], feeds[cut:], f"{context.calibration.name} (last {len(feeds) - cut} feeds)"
+            return feeds[:cut], feeds[cut:], f"{context.calibration.name} (last {len(feeds) - cut} feeds)", False
         raise PassError("distill: one calibration feed cannot be split into training and held-out data; "
                         "give more calibration data or evaluation data")
+
+    def _labelled(self, feeds: list[dict]) -> list[dict]:
+        """``feeds`` with their rows' labels (``labels`` in calibration order) under ``LABELS``."""
+        if self.labels is None:
+            return feeds
+        from onnxpress.passes._trainer import LABELS
+
+        labels = self._label_array()
+        rows = [int(np.asarray(next(iter(f.values()))).shape[0]) if np.ndim(next(iter(f.values()))) else 1
+                for f in feeds]
+        if len(labels) < sum(rows):
+            raise PassError(f"distill: labels: {len(labels)} labels for {sum(rows)} calibration rows; give one "
+                            f"label per row, in the calibration data's order")
+        labelled, at = [], 0
+        for feed, count in zip(feeds, rows):
+            labelled.append({**feed, LABELS: labels[at:at + count]})
+            at += count
+        return labelled
+
+    def _label_array(self) -> np.ndarray:
+        if isinstance(self.labels, str):
+            from onnxpress.calibration import read_array
+
+            path, _, key = self.labels.rpartition(":") if ":" in self.labels else (self.labels, "", "label")
+            return np.asarray(read_array(path, key or "label"))
+        return np.asarray(self.labels)
 
 
 def write_back(graph: ir.Graph, tensors: Mapping[str, Any]) -> None:

@@ -311,23 +311,11 @@ class Prune(Pass, ir.passes.FunctionalPass):
 def _refit_layer(node: ir.Node, original: ir.Node, weight: np.ndarray, before: np.ndarray, record: dict[str, Any],
                  prune: Prune) -> _compensate.Layer | None:
     """``node`` (pruned, or fed fewer channels) as a layer to refit to ``original``'s outputs."""
+    found = _compensate.layout(node, weight)
+    if found is None:
+        return None
+    rows, to_rows, back = found
     op = node.op_type
-    if op == "Conv":
-        if node.attributes.get_int("group", 1) != 1 or weight.ndim != 4:
-            return None
-        rows = _compensate.patch_rows(node)
-        to_rows = lambda w: w.reshape(w.shape[0], -1).T  # noqa: E731  [N, C, kh, kw] -> [C·kh·kw, N]
-        back = lambda w: w.T.reshape(weight.shape)  # noqa: E731
-    elif op == "Gemm":
-        if node.attributes.get_int("transA", 0):
-            return None
-        trans_b = node.attributes.get_int("transB", 0)
-        rows = _compensate.flat_rows
-        to_rows = (lambda w: w.T) if trans_b else (lambda w: w)  # noqa: E731
-        back = to_rows
-    else:
-        rows = _compensate.flat_rows
-        to_rows = back = lambda w: w  # noqa: E731
     teacher = to_rows(before).astype(np.float64)
     if "removed_channels" in record:  # structured: the original's kept output channels are the target
         teacher = np.delete(teacher, record["removed_channels"], axis=1)

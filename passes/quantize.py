@@ -96,7 +96,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                  smoothquant_alpha: float | None = None, bias_correction: bool = True,
                  target_cosine: float | None = None, max_metric_drop: float | None = None,
                  latency_aware: bool = False, calibration_samples: int = 256,
-                 fold_batchnorm: bool = True) -> None:
+                 fold_batchnorm: bool = True, gptq: Literal["auto"] | bool = "auto") -> None:
         super().__init__()
         reject_option(method not in ("minmax", "percentile", "entropy"),
                       "quantize", "method", "minmax, percentile or entropy", method)
@@ -116,6 +116,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         reject_option(max_metric_drop is not None and max_metric_drop < 0,
                       "quantize", "max_metric_drop", ">= 0", max_metric_drop)
         reject_option(calibration_samples < 1, "quantize", "calibration_samples", ">= 1", calibration_samples)
+        reject_option(gptq not in ("auto", True, False), "quantize", "gptq", "'auto', true or false", gptq)
         self.method = method
         self.mode = mode
         self.preset = preset
@@ -134,13 +135,15 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         self.latency_aware = latency_aware
         self.calibration_samples = calibration_samples
         self.fold_batchnorm = fold_batchnorm
+        self.gptq = gptq
 
     # ------------------------------------------------------------------------------- plan
 
     def needs_calibration(self, model: ir.Model) -> bool:
         """Static mode, SmoothQuant asked for, accuracy targets and latency-aware mode need data."""
         static = self._mode(self._preset(model)) == "static"
-        return static or self.smoothquant is True or self._accuracy_target() or self.latency_aware
+        return (static or self.smoothquant is True or self.gptq is True or self._accuracy_target()
+                or self.latency_aware)
 
     def remedy(self, floor: float) -> Quantize | None:
         """The same quantization with the accuracy-aware fallback aiming just above ``floor``.
@@ -305,11 +308,19 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             stats["smoothquant_alpha"] = alpha
             if tried:
                 stats["smoothquant_search"] = tried
+        if self._wants_gptq():
+            layers = [n for n in prepared.graph if n.name in plan and n.op_type in COMPUTE_OPS]
+            overrides, originals, fits = _calibrated.gptq(
+                prepared, layers, context.calibration, context.runner, per_channel=self.per_channel,
+                reduce_range=reduce_range, limit=self.calibration_samples, say=context.say)
+            settings.update(overrides=overrides, unrounded=originals)
+            stats["gptq"] = {"layers": len(originals), "considered": len(fits), "fits": fits}
         ranges = None
         if "static" in modes:
             static = [n for n in nodes if plan[n] == "static"]
             tails = _output_tails(prepared, static)
-            ranges, corrected = self._calibrate(prepared, [n for n in static if n not in tails], reduce_range)
+            ranges, corrected = self._calibrate(prepared, [n for n in static if n not in tails], reduce_range,
+                                                settings.get("unrounded"))
             settings["uncorrected"] = corrected
             stats["bias_corrected"] = len(corrected)
             left = {**tails, **_mixed_range_joins(prepared, static, ranges)}
@@ -359,6 +370,11 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             return preset == "transformer" and self.context is not None and self.context.calibration is not None
         return bool(self.smoothquant)  # True: needs_calibration made sure there is data
 
+    def _wants_gptq(self) -> bool:
+        if self.gptq == "auto":
+            return self.context is not None and self.context.calibration is not None
+        return bool(self.gptq)  # True: needs_calibration made sure there is data
+
     def _search_alpha(self, preset: str) -> bool:
         return self._wants_smoothquant(preset) and self.smoothquant_alpha is None
 
@@ -386,15 +402,20 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                 best = (alpha, cosine, smoothed)
         return best[2], best[0], tried
 
-    def _calibrate(self, model: ir.Model, nodes: list[str], reduce_range: bool):
+    def _calibrate(self, model: ir.Model, nodes: list[str], reduce_range: bool, unrounded: dict | None = None):
         """Activation ranges for every float tensor (static mode), after bias correction.
 
         Bias correction changes ``model``'s biases in place, so the ranges are collected last.
+        It leaves out the nodes whose weights GPTQ rounded (``unrounded``): GPTQ fitted their
+        outputs, mean included, and a correction on top of it measured worse on the digits
+        CNN (held-out logits' mean error 0.0379 with GPTQ alone, 0.0391 with both, 0.0407
+        with bias correction alone).
         """
         corrected: dict[str, str] = {}
         if self.bias_correction:
             by_name = {n.name: n for n in model.graph}
-            targets = [by_name[n] for n in nodes if n in by_name and by_name[n].op_type in ("Conv", "Gemm")]
+            targets = [by_name[n] for n in nodes if n in by_name and by_name[n].op_type in ("Conv", "Gemm")
+                       and n not in (unrounded or {})]
             probed = model.clone()
             probed_nodes = {n.name: n for n in probed.graph}
             probes = _calibrated.error_probes(probed, [probed_nodes[n.name] for n in targets], reduce_range)
@@ -416,11 +437,15 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         plan = settings["plan"]
         static = [n for n in nodes if plan.get(n) == "static"]
         dynamic = [n for n in nodes if plan.get(n) == "dynamic"]
-        # A bias corrected for int8 weights is wrong on a node that stays float.
+        # A bias corrected for int8 weights, or a weight rounded to its grid, is wrong on a node
+        # that stays float.
+        quantized = set(nodes)
         uncorrect = {n: b for n, b in settings.get("uncorrected", {}).items() if n not in set(static)}
-        if uncorrect:
+        unround = {n: w for n, w in settings.get("unrounded", {}).items() if n not in quantized}
+        if uncorrect or unround:
             model = model.clone()
-            _calibrated.restore_biases(model, uncorrect)
+            _calibrated.restore_inputs(model, uncorrect, 2)
+            _calibrated.restore_inputs(model, unround, 1)
         proto = _proto.to_proto(model)
         if static:
             proto = self._run_quantizer(proto, static, ranges, settings, dynamic=False)
@@ -439,6 +464,10 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         activation = QuantType.QInt8 if settings["activation"] == "int8" and not dynamic else QuantType.QUInt8
         options = {"MatMulConstBOnly": True, "WeightSymmetric": True,
                    "ActivationSymmetric": activation == QuantType.QInt8}
+        names = {v for n in proto.graph.node if n.name in set(nodes) for v in n.input}
+        overrides = {name: o for name, o in settings.get("overrides", {}).items() if name in names}
+        if overrides:  # GPTQ's grids: the quantizer stores the integers it rounded to
+            options["TensorQuantOverrides"] = overrides
         try:
             if dynamic:
                 from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer

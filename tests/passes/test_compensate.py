@@ -150,3 +150,71 @@ def test_structured_pruning_of_the_digits_cnn_refits_the_next_layers():
     assert len(stats["compensation"]) > len(stats["layers"])  # pruned layers and the layers after them
     score = lambda m: accuracy(runtime.run_model(m, list(data)), labels)  # noqa: E731
     assert score(fitted.model) > score(plain.model)
+
+
+# ----------------------------------------------------------------------------- GPTQ (int8 weights)
+
+def test_gptq_leaves_weights_on_the_grid_alone(rng):
+    scale = rng.uniform(0.01, 0.1, 16)
+    weight = rng.integers(-127, 128, (48, 16)) * scale
+    inputs = rng.standard_normal((500, 48)) @ rng.standard_normal((48, 48))
+    damped = inputs.T @ inputs + np.eye(48)
+    np.testing.assert_allclose(_compensate.quantized(weight, damped, scale, -127, 127), weight, rtol=0, atol=1e-12)
+
+
+def test_gptq_rounds_to_the_grid_with_less_output_error_than_rounding(rng):
+    weight = rng.standard_normal((64, 16))
+    inputs = rng.standard_normal((2000, 64)) @ (rng.standard_normal((64, 64)) * np.geomspace(1.0, 0.05, 64))
+    damped = inputs.T @ inputs + 1e-3 * np.eye(64) * np.trace(inputs.T @ inputs) / 64
+    scale = np.abs(weight).max(axis=0) / 7  # a coarse grid (4 bits) makes the difference plain
+    rounded = _compensate.quantized(weight, damped, scale, -7, 7)
+    levels = rounded / scale
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-9)
+    assert np.abs(np.round(levels)).max() <= 7
+    nearest = np.clip(np.round(weight / scale), -7, 7) * scale
+    error = lambda w: np.linalg.norm(inputs @ (w - weight))  # noqa: E731
+    assert error(rounded) < 0.7 * error(nearest)
+
+
+def _stored_weights(model: ir.Model) -> dict[str, np.ndarray]:
+    """Each MatMulInteger's int8 weight times its scale, by the float MatMul's output name."""
+    found = {}
+    for node in model.graph:
+        if node.op_type == "MatMulInteger":
+            weight = node.inputs[1].const_value.numpy().astype(np.float64)
+            scale_name = node.inputs[1].name.replace("_quantized", "_scale")
+            scale = model.graph.initializers[scale_name].const_value.numpy().astype(np.float64)
+            found[node.outputs[0].name.split("_output_quantized")[0]] = weight * scale
+    return found
+
+
+def test_gptq_in_quantize_stores_its_integers_and_beats_rounding(rng):
+    model = _mlp(rng)
+    calibration, held = _correlated_feeds(rng, 32), _correlated_feeds(rng, 8)
+    context = ox.PassContext(runner=runtime.Runner("cpu"), calibration=ox.calibration.from_feeds(calibration))
+    results = {}
+    for gptq in (False, True):
+        quantize = ox.passes.Quantize(mode="dynamic", preset="transformer", smoothquant=False, gptq=gptq)
+        results[gptq] = quantize.run_in(context, model)
+        onnx_check(results[gptq].model)
+    stats = results[True].statistics["gptq"]
+    assert stats["considered"] == 3 and stats["layers"] >= 2
+    assert "gptq" not in results[False].statistics
+    # The same rounding outside the pass, to compare weights: GPTQ's float weights, and plain rounding's.
+    rounded = model.clone()
+    layers = [n for n in rounded.graph if n.op_type == "MatMul"]
+    _, originals, _ = ox.passes._calibrated.gptq(rounded, layers, calibration, runtime.Runner("cpu"),
+                                                 per_channel=True, reduce_range=False)
+    assert set(originals) == {name for name, fit in stats["fits"].items() if "kept" not in fit}
+    # The quantizer stored exactly the grid points GPTQ chose (its scales were handed over) ...
+    stored = _stored_weights(results[True].model)
+    nearest = model.clone()
+    for node in layers:
+        if node.name in originals:
+            np.testing.assert_allclose(stored[node.outputs[0].name], node.inputs[1].const_value.numpy(), rtol=1e-6,
+                                       atol=1e-7)
+    for node in (n for n in nearest.graph if n.op_type == "MatMul"):
+        weight = node.inputs[1].const_value.numpy()
+        node.inputs[1].const_value = ir.tensor(ox.passes._calibrated._quantized(weight, 1, False).astype(np.float32))
+    # ... and they keep more of the outputs on held-out inputs than rounding to the nearest point.
+    assert _held_out_cosine(model, rounded, held) > _held_out_cosine(model, nearest, held)

@@ -581,3 +581,52 @@ def test_minilm_after_lowrank_gets_closer_to_the_teacher():
         student)
     assert result.modified and result.statistics["boundaries"] == 13  # the LayerNorm outputs
     assert cosine(result.model) > cosine(student) + 0.005
+
+
+def test_a_time_budget_holds_for_the_whole_pass_measurements_included():
+    teacher = _mlp()
+    student = ox.passes.LowRank(rank_ratio=0.25, min_elements=0)(teacher).model
+    # Many held-out feeds: each held-out check is expensive, and counts against the budget.
+    context = _context(_inputs(32, seed=1), _inputs(1500, seed=2))
+    result = ox.passes.Distill(teacher=teacher, time_budget=2.0, learning_rate=3e-3, threads=1,
+                               calibration_samples=1500).run_in(context, student)
+    stats = result.statistics
+    assert stats["held_out_samples"] == 1500 and stats["steps"] > 0
+    assert stats["seconds"] < 2.0 * 1.25
+
+
+def _digits_task(pruned_sparsity: float = 0.8):
+    from onnxpress import samples
+    from onnxpress.metrics import accuracy
+
+    model = ox.load(samples.DIGITS_MODEL)
+    data, labels = samples.digits_eval(batch_size=1)
+    feeds = list(data)
+    pruned = ox.passes.Prune(sparsity=pruned_sparsity, compensate=False)(model).model
+    context = PassContext(runner=Runner("cpu"), calibration=from_feeds(feeds[:300], name="labelled"),
+                          evaluation=from_feeds(feeds[300:], name="held"),
+                          metric=lambda outputs: accuracy(outputs, labels[300:]))
+    return model, pruned, context, feeds[300:], labels
+
+
+def test_a_task_loss_trains_on_labels_and_the_metric_chooses_the_checkpoint():
+    from onnxpress import runtime
+    from onnxpress.metrics import accuracy
+
+    teacher, pruned, context, held, labels = _digits_task()
+    result = ox.passes.Distill(teacher=teacher, labels=labels[:300], steps=120, batch_size=16, learning_rate=2e-3,
+                               block_share=0.0, threads=1).run_in(context, pruned)
+    stats = result.statistics
+    assert stats["task"] == {"loss": "cross_entropy", "output": "logits", "weight": 1.0, "labelled_samples": 300}
+    before = accuracy(runtime.run_model(pruned, held), labels[300:])
+    assert stats["metric_before"] == pytest.approx(before, abs=1e-6)
+    assert result.modified and stats["metric_after"] > stats["metric_before"]
+    # The metric measured in torch during training is the one ONNX Runtime gives the written model.
+    assert accuracy(runtime.run_model(result.model, held), labels[300:]) == pytest.approx(stats["metric_after"],
+                                                                                        abs=1.5 / len(held))
+
+
+def test_labels_that_do_not_cover_the_calibration_rows_are_named():
+    teacher, pruned, context, _, labels = _digits_task()
+    with pytest.raises(PassError, match=r"distill: labels: 100 labels for 300 calibration rows"):
+        ox.passes.Distill(teacher=teacher, labels=labels[:100], steps=2).run_in(context, pruned)

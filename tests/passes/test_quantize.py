@@ -66,15 +66,19 @@ def test_static_quantization_keeps_digits_accuracy(digits, method):
     onnx_check(quantized)
 
 
-def test_bias_correction_reduces_the_error(digits):
+def test_bias_correction_and_gptq_reduce_the_error(digits):
     model, calib, data, _ = digits
     reference = runtime.run_model(model, data)
     errors = {}
-    for corrected in (False, True):
-        result = ox.Pipeline([ox.passes.Quantize(method="minmax", bias_correction=corrected)]).run(model, calibration=calib)
-        errors[corrected] = compare(reference, runtime.run_model(result.model, data))["logits"].mean_abs
-        assert result.records[0].statistics["bias_corrected"] == (5 if corrected else 0)
-    assert errors[True] < errors[False]
+    for corrected, gptq in ((False, False), (True, False), (True, True)):
+        result = ox.Pipeline([ox.passes.Quantize(method="minmax", bias_correction=corrected, gptq=gptq)]).run(
+            model, calibration=calib)
+        errors[corrected, gptq] = compare(reference, runtime.run_model(result.model, data))["logits"].mean_abs
+        stats = result.records[0].statistics
+        # GPTQ rounds all five layers; bias correction is for the layers it did not round.
+        assert stats["bias_corrected"] == (5 if corrected and not gptq else 0)
+        assert stats.get("gptq", {}).get("layers", 0) == (5 if gptq else 0)
+    assert errors[True, True] < errors[True, False] < errors[False, False]
 
 
 def test_dynamic_transformer_preset_with_smoothquant():

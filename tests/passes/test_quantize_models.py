@@ -22,7 +22,10 @@ def test_cnn_architectures_quantize_static(arch):
     model = ox.export(getattr(architectures, arch)(), torch.randn(1, 3, 224, 224))
     result = ox.Pipeline([ox.passes.Quantize()], golden_samples=2).run(model, calibration=_images(16, 0))
     record = result.records[0]
-    assert record.statistics["mode"] == "static" and record.statistics["bias_corrected"] > 0
+    stats = record.statistics
+    assert stats["mode"] == "static"
+    # GPTQ rounds (nearly) every Conv/Gemm; bias correction takes the ones it leaves.
+    assert stats["gptq"]["layers"] + stats["bias_corrected"] >= 20
     assert record.kernels["int8"] >= 20 and record.bytes_after < 0.3 * record.bytes_before
     held_out = _images(4, 1)
     stats = compare(runtime.run_model(model, held_out), runtime.run_model(result.model, held_out))["output"]
