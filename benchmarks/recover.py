@@ -8,8 +8,10 @@ For each model and compression setting the rows are:
   refits the compressed layers in closed form to the original layers' outputs
   (``passes/_compensate.py``; the pass statistics carry ``compensation`` per layer);
 - ``compensation + distill``: the same pass followed by ``Distill`` (``time_budget`` seconds of
-  fine-tuning toward the uncompressed model) in one ``Pipeline``; "distill: not available" when
-  this onnxpress has no ``passes.Distill``;
+  fine-tuning toward the uncompressed model, with its default input augmentation) in one
+  ``Pipeline``; "distill: not available" when this onnxpress has no ``passes.Distill``;
+- ``comp. + distill, no augment``: the same with ``Distill(augment=False)`` (training on the
+  calibration feeds only);
 - onnxsim 0.8's closest equivalents, given the same calibration feeds: for unstructured and 2:4
   pruning ``onnxsim.pruning.apply_sparsegpt_pruning`` (Hessian-compensated, the method our
   compensation is measured against) and ``apply_wanda_pruning`` (|W|·||X||, no weight update);
@@ -59,7 +61,8 @@ accuracy, wall time and peak memory on each pruning setting of both models.
 
 Run: ``.venv/bin/python benchmarks/recover.py [--quick] [--models minilm,digits]
 [--settings lowrank75,lowrank50,prune50,prune24,structured30,structured50]
-[--distill-minilm SECONDS] [--distill-digits SECONDS]``. The full run takes about 40 minutes
+[--methods none,compensation,distill,distill-plain,onnxsim]
+[--distill-minilm SECONDS] [--distill-digits SECONDS]`` (``--methods`` runs only those rows). The full run takes about 40 minutes
 on two busy cores, all but 3 of them MiniLM's (compensation and onnxsim's SparseGPT take 2-4
 minutes each there); ``--quick`` (fewer calibration samples, a 10 s / 5 s distillation) about
 2 minutes for the digits CNN and 6 per MiniLM setting.
@@ -129,6 +132,7 @@ SETTINGS = (
             onnxsim="structured"),
 )
 BY_KEY = {setting.key: setting for setting in SETTINGS}
+METHOD_KINDS = ["none", "compensation", "distill", "distill-plain", "onnxsim"]
 
 
 @dataclasses.dataclass
@@ -353,6 +357,8 @@ def methods(case: Case, setting: Setting, distill: bool) -> list[tuple[str, str,
             ("compensation", "onnxpress", ours)]
     if distill:
         rows.append(("compensation + distill", "onnxpress", {**ours, "distill": {"time_budget": case.distill_s}}))
+        rows.append(("comp. + distill, no augment", "onnxpress",
+                     {**ours, "distill": {"time_budget": case.distill_s, "augment": False}}))
     else:
         rows.append(("compensation + distill", "", {"skipped": "distill: not available"}))
     if setting.onnxsim == "unstructured":
@@ -499,7 +505,16 @@ def _accuracy(row: Row | None) -> str:
     return f"{row.accuracy:.4f}" if _ok(row) else "failed"
 
 
-def main(models: list[str], settings: list[Setting], quick: bool, distill_s: dict[str, float]) -> None:
+def _kind(label: str) -> str:
+    """The ``--methods`` name of a row: none, compensation, distill, distill-plain or onnxsim."""
+    if label.startswith("onnxsim"):
+        return "onnxsim"
+    return {"no recovery": "none", "compensation": "compensation", "compensation + distill": "distill",
+            "comp. + distill, no augment": "distill-plain"}[label]
+
+
+def main(models: list[str], settings: list[Setting], quick: bool, distill_s: dict[str, float],
+         kinds: list[str] = METHOD_KINDS) -> None:
     """Each model's table on stdout, setting by setting as they finish; the summary at the end."""
     import onnxpress as ox
 
@@ -522,6 +537,8 @@ def main(models: list[str], settings: list[Setting], quick: bool, distill_s: dic
             for setting in chosen:
                 rows = []
                 for label, method, options in methods(case, setting, distill):
+                    if _kind(label) not in kinds:
+                        continue
                     say(f"{name}: {setting.label}: {label}")
                     row = run_method(case, setting, label, method, options)
                     if row.path is not None and not row.error:
@@ -545,8 +562,14 @@ def _parse() -> argparse.Namespace:
                         help="fewer calibration samples (20 sentences, 50 digits) and a short distillation")
     parser.add_argument("--distill-minilm", type=float, help="distillation seconds on MiniLM (default 60, quick 10)")
     parser.add_argument("--distill-digits", type=float, help="distillation seconds on digits (default 20, quick 5)")
+    parser.add_argument("--methods", default=",".join(METHOD_KINDS),
+                        help=f"comma-separated rows to run, of {', '.join(METHOD_KINDS)}")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: one method's job, as JSON
     args = parser.parse_args()
+    args.methods = list(dict.fromkeys(args.methods.split(",")))
+    unknown = sorted(set(args.methods) - set(METHOD_KINDS))
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHOD_KINDS)}")
     args.models = list(dict.fromkeys(args.models.split(",")))
     unknown = sorted(set(args.models) - set(MODELS))
     if unknown:
@@ -566,4 +589,4 @@ if __name__ == "__main__":
     if arguments.child:
         child(json.loads(arguments.child))
     else:
-        main(arguments.models, arguments.settings, arguments.quick, arguments.distill_s)
+        main(arguments.models, arguments.settings, arguments.quick, arguments.distill_s, arguments.methods)

@@ -32,6 +32,7 @@ class Batch:
     feeds: dict[str, np.ndarray]
     count: int
     targets: dict[str, Any] | None = None
+    transient: bool = False  # made for one step (augmented): its teacher tensors are not cached
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -91,10 +92,54 @@ class TeacherCache:
         with torch.no_grad():
             targets = self.graph.run(batch.feeds, self.names)
         size = sum(t.numel() * t.element_size() for t in targets.values())
-        if self.kept + size <= _CACHE_BYTES:
+        if batch.transient:
+            batch.targets = targets  # for the rest of its step only: the batch is dropped after it
+        elif self.kept + size <= _CACHE_BYTES:
             self.kept += size
             batch.targets = targets
         return targets
+
+
+class Augmenter:
+    """Inputs near the calibration data for the teacher to label: the student learns to follow
+    the teacher on more than the few calibration samples (as TinyBERT augments its data).
+
+    Token-id inputs (integer inputs of more than 16 distinct values in the calibration data)
+    get ``TOKEN_RATE`` of their positions, all but the first and last (special tokens), replaced
+    by ids drawn from the calibration data's; float inputs of a batch of several rows without
+    labels are mixed with another row of the batch (mixup, ``x' = λ·x + (1 - λ)·x[j]``, λ in
+    ``MIX``). Masks, token types and labels are kept.
+    """
+
+    TOKEN_RATE = 0.15
+    MIX = (0.6, 1.0)
+    SHARE = 0.5  # of the training batches, replaced by an augmented copy
+
+    def __init__(self, batches: list[Batch], rng: np.random.Generator) -> None:
+        self.rng = rng
+        seen: dict[str, list[np.ndarray]] = {}
+        for batch in batches:
+            for name, array in batch.feeds.items():
+                if name != LABELS and np.issubdtype(array.dtype, np.integer):
+                    seen.setdefault(name, []).append(array.ravel())
+        pools = {name: np.concatenate(parts) for name, parts in seen.items()}
+        self.pools = {name: pool for name, pool in pools.items() if np.unique(pool).size > 16}
+
+    def __call__(self, batch: Batch) -> Batch:
+        feeds = {}
+        rng = self.rng
+        for name, array in batch.feeds.items():
+            if name in self.pools and array.ndim >= 2 and array.shape[1] > 2:
+                array = array.copy()
+                inner = array[:, 1:-1]  # a view: the first and last positions stay
+                chosen = rng.random(inner.shape) < self.TOKEN_RATE
+                inner[chosen] = rng.choice(self.pools[name], int(chosen.sum()))
+            elif (name != LABELS and np.issubdtype(array.dtype, np.floating) and batch.labels is None
+                  and array.ndim >= 1 and array.shape[0] > 1):
+                weight = rng.uniform(*self.MIX, size=(array.shape[0],) + (1,) * (array.ndim - 1)).astype(array.dtype)
+                array = weight * array + (1 - weight) * array[rng.permutation(array.shape[0])]
+            feeds[name] = array
+        return Batch(feeds, batch.count, transient=True)
 
 
 class Trainer:
@@ -230,12 +275,17 @@ class Trainer:
         return done
 
     def _units(self, batches: list[Batch]):
-        """Endless steps: lists of batches holding ``batch_size`` feeds, reshuffled every epoch."""
+        """Endless steps: lists of batches holding ``batch_size`` feeds, reshuffled every epoch;
+        with ``augment``, a share of them replaced by augmented copies (``Augmenter``)."""
+        augment = Augmenter(batches, self.rng) if self.options.augment else None
         while True:
             order = self.rng.permutation(len(batches))
             unit: list[Batch] = []
             for index in order:
-                unit.append(batches[index])
+                batch = batches[index]
+                if augment is not None and self.rng.random() < Augmenter.SHARE:
+                    batch = augment(batch)
+                unit.append(batch)
                 if sum(b.count for b in unit) >= self.options.batch_size:
                     yield unit
                     unit = []
@@ -405,7 +455,7 @@ def make_batches(feeds: list[dict], batch_size: int) -> list[Batch]:
         chunk: list[dict] = []
         for feed in members:
             chunk.append(feed)
-            if batch_size == 1 or sum(_rows_of(f) for f in chunk) >= batch_size:
+            if batch_size == 1 or sum(rows_of(f) for f in chunk) >= batch_size:
                 joined.append(_join(chunk))
                 chunk = []
         if chunk:
@@ -415,11 +465,11 @@ def make_batches(feeds: list[dict], batch_size: int) -> list[Batch]:
 
 def _join(chunk: list[dict]) -> Batch:
     if len(chunk) == 1:
-        return Batch(dict(chunk[0]), _rows_of(chunk[0]))
+        return Batch(dict(chunk[0]), rows_of(chunk[0]))
     joined = {name: np.concatenate([f[name] for f in chunk], axis=0) for name in chunk[0]}
-    return Batch(joined, sum(_rows_of(f) for f in chunk))
+    return Batch(joined, sum(rows_of(f) for f in chunk))
 
 
-def _rows_of(feed: Mapping[str, np.ndarray]) -> int:
+def rows_of(feed: Mapping[str, np.ndarray]) -> int:
     first = next(iter(feed.values()))
     return int(first.shape[0]) if first.ndim else 1

@@ -49,6 +49,15 @@ class Distill(Pass, ir.passes.FunctionalPass):
     on the evaluation data (higher is better) chooses the checkpoint kept, the held-out loss
     breaking ties; otherwise the held-out loss alone does.
 
+    ``augment`` (default on): half the training batches are replaced by copies near the
+    calibration data, labelled by the teacher (``_trainer.Augmenter``: 15 % of a token-id
+    input's inner positions swapped for other ids of the calibration data; float rows mixed with
+    another row of their batch), so the student follows the teacher on more than the few
+    calibration samples. On MiniLM after 50 % unstructured pruning and compensation (80
+    training sentences), 240 s of training without it ends worse than 60 s (held-out embedding
+    cosine 0.9576 against 0.9595: it overfits); with it 240 s reaches 0.9657 and is still
+    improving.
+
     Options: ``steps`` and/or ``time_budget`` (seconds for the whole pass, measurements
     included: the phases share the time left, a held-out check's time is kept free for the last
     one; the first of the two reached ends training; 200 steps when neither is given),
@@ -65,9 +74,9 @@ class Distill(Pass, ir.passes.FunctionalPass):
     step), so unstructured and N:M sparsity survive; shapes never change, so factor ranks do
     not either. The held-out loss (the context's evaluation data, else the last fifth of the
     calibration feeds) is measured before training, after the block phase and up to ten times
-    during the end-to-end phase (the checks take at most a fifth of its time); the best weights are returned, with their held-out loss and cosine.
-    When no checkpoint beats the weights the pass got, it returns its input unchanged with
-    ``modified=False`` and says so.
+    during the end-to-end phase (the checks take at most a fifth of its time); the best weights
+    are returned, with their held-out loss and cosine. When no checkpoint beats the weights the
+    pass got, it returns its input unchanged with ``modified=False`` and says so.
 
     Training runs on torch (``pip install 'onnxpress[torch]'``) through a node-by-node executor
     of the onnx-ir graph (``passes/_torchgraph.py``); trained tensors are written back into
@@ -84,7 +93,7 @@ class Distill(Pass, ir.passes.FunctionalPass):
                  batch_size: int = 8,
                  block_share: float = 0.5, calibration_samples: int = 512, threads: int | None = None,
                  labels: np.ndarray | str | None = None, task_loss: TaskLoss = "cross_entropy",
-                 task_weight: float = 1.0, task_output: str | None = None,
+                 task_weight: float = 1.0, task_output: str | None = None, augment: bool = True,
                  seed: int = 0, teacher: ir.Model | None = None) -> None:
         super().__init__()
         reject_option(steps is not None and steps < 1, "distill", "steps", ">= 1", steps)
@@ -121,6 +130,7 @@ class Distill(Pass, ir.passes.FunctionalPass):
         self.task_loss = task_loss
         self.task_weight = task_weight
         self.task_output = task_output
+        self.augment = augment
         self.seed = seed
         self.teacher = teacher
 
@@ -165,7 +175,8 @@ class Distill(Pass, ir.passes.FunctionalPass):
         torch.manual_seed(self.seed)
         student = model.clone()
         trainable, unmatched = _trainable(student.graph, self.train)
-        statistics: dict[str, Any] = {"converter": CONVERTER, "loss": self.loss, "train": self.train}
+        statistics: dict[str, Any] = {"converter": CONVERTER, "loss": self.loss, "train": self.train,
+                                      "augment": self.augment}
         unmatched = [entry for entry in unmatched if entry not in _DEFAULT_TRAIN or self.train != list(_DEFAULT_TRAIN)]
         if unmatched:
             statistics["train_unmatched"] = unmatched
@@ -248,7 +259,9 @@ class Distill(Pass, ir.passes.FunctionalPass):
                                               "with calibration=...)")
         feeds = self._labelled(context.calibration.take(self.calibration_samples))
         if context.evaluation is not None and len(context.evaluation) > 0:
-            return feeds, context.evaluation.take(self.calibration_samples), context.evaluation.name, True
+            # A task metric reads every evaluation feed (its labels are the whole set's).
+            count = len(context.evaluation) if context.metric is not None else self.calibration_samples
+            return feeds, context.evaluation.take(count), context.evaluation.name, True
         if len(feeds) >= 2:
             cut = max(1, min(len(feeds) - 1, round(len(feeds) * 0.8)))
             return feeds[:cut], feeds[cut:], f"{context.calibration.name} (last {len(feeds) - cut} feeds)", False
@@ -259,11 +272,10 @@ class Distill(Pass, ir.passes.FunctionalPass):
         """``feeds`` with their rows' labels (``labels`` in calibration order) under ``LABELS``."""
         if self.labels is None:
             return feeds
-        from onnxpress.passes._trainer import LABELS
+        from onnxpress.passes._trainer import LABELS, rows_of
 
         labels = self._label_array()
-        rows = [int(np.asarray(next(iter(f.values()))).shape[0]) if np.ndim(next(iter(f.values()))) else 1
-                for f in feeds]
+        rows = [rows_of(feed) for feed in feeds]
         if len(labels) < sum(rows):
             raise PassError(f"distill: labels: {len(labels)} labels for {sum(rows)} calibration rows; give one "
                             f"label per row, in the calibration data's order")

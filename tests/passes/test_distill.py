@@ -630,3 +630,37 @@ def test_labels_that_do_not_cover_the_calibration_rows_are_named():
     teacher, pruned, context, _, labels = _digits_task()
     with pytest.raises(PassError, match=r"distill: labels: 100 labels for 300 calibration rows"):
         ox.passes.Distill(teacher=teacher, labels=labels[:100], steps=2).run_in(context, pruned)
+
+
+def test_the_augmenter_swaps_inner_tokens_and_mixes_float_rows():
+    from onnxpress.passes._trainer import Augmenter, Batch
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(100, 1000, (4, 50))
+    ids[:, 0], ids[:, -1] = 101, 102  # special tokens at both ends
+    mask = np.ones_like(ids)
+    tokens = Batch({"input_ids": ids, "attention_mask": mask}, 4)
+    augment = Augmenter([tokens], np.random.default_rng(1))
+    assert set(augment.pools) == {"input_ids"}  # the mask has two values: not token ids
+    out = augment(tokens)
+    assert out.transient and out.count == 4 and out.targets is None
+    np.testing.assert_array_equal(out.feeds["attention_mask"], mask)
+    np.testing.assert_array_equal(out.feeds["input_ids"][:, [0, -1]], ids[:, [0, -1]])
+    changed = out.feeds["input_ids"] != ids
+    assert 0.05 < changed.mean() < 0.25 and np.isin(out.feeds["input_ids"], ids).all()
+    images = rng.standard_normal((6, 3, 4, 4)).astype(np.float32)
+    mixed = Augmenter([], np.random.default_rng(2))(Batch({"x": images}, 6)).feeds["x"]
+    assert mixed.dtype == np.float32 and not np.allclose(mixed, images)
+    # Each row is a convex mix with another row, its own share at least 0.6.
+    assert (np.abs(mixed).max(axis=(1, 2, 3)) <= np.abs(images).max() + 1e-6).all()
+    assert np.corrcoef(mixed.reshape(6, -1)[0], images.reshape(6, -1)[0])[0, 1] > 0.7
+
+
+def test_augmented_distillation_trains_and_keeps_the_best_held_out_weights():
+    teacher = _mlp()
+    student = ox.passes.LowRank(rank_ratio=0.25, min_elements=0)(teacher).model
+    held = _inputs(8, seed=2)
+    result = ox.passes.Distill(teacher=teacher, steps=80, learning_rate=3e-3, augment=True, batch_size=8).run_in(
+        _context(_inputs(24, seed=1), held), student)
+    assert result.statistics["augment"] is True and result.modified
+    assert _relative_error(teacher, result.model, held) < _relative_error(teacher, student, held)
