@@ -165,11 +165,11 @@ def gptq(model: ir.Model, nodes: list[ir.Node], feeds, runner, *, per_channel: b
     The grid is ONNX Runtime's own (symmetric, zero point 0, its scale per output channel or per
     tensor). One damping is used, not a search (each solve costs a K x K inverse, K up to
     C·kh·kw = 4608 in a ResNet); a layer takes its rounded weights only when they beat plain
-    rounding on calibration rows held back from the fit. Returns the quantizer's ``TensorQuantOverrides`` for the new
-    weights (their scales, so the quantizer stores exactly the rounded integers), node name ->
-    its original weight's name (for nodes that end up float: ``restore_inputs``), and each
-    layer's fit statistics by node name. Weights read by more than one node, or through a
-    Constant node, are left to the quantizer.
+    rounding on calibration rows held back from the fit. Returns the quantizer's
+    ``TensorQuantOverrides`` for the new weights (their scales, so the quantizer stores exactly
+    the rounded integers), node name -> its original weight's name (for nodes that end up
+    float: ``restore_inputs``), and each layer's fit statistics by node name. Weights read by
+    more than one node, or through a Constant node, are left to the quantizer.
     """
     teacher = model.clone()
     qmin, qmax = _grid(reduce_range)

@@ -64,8 +64,13 @@ class Quantize(Pass, ir.passes.FunctionalPass):
 
     - ``smoothquant``: migrate activation outliers into the weights (per input channel,
       ``s = max|x|^a / max|w|^(1-a)``), with ``a`` searched on held-out data when not given.
+    - ``gptq`` (``"auto"``: with calibration data): round each weight to ONNX Runtime's own
+      int8 grid with GPTQ error feedback over its inputs, layer by layer on the inputs the
+      rounded layers before give (``_calibrated.gptq``); ONNX Runtime's quantizers are handed
+      the scales, so they store exactly those integers. A layer keeps plain rounding where
+      GPTQ does not beat it on held-back calibration rows; statistics ``gptq`` per layer.
     - ``bias_correction``: shift Conv/Gemm biases by the mean error the quantized weights cause
-      on calibration activations (static mode).
+      on calibration activations (static mode; the layers GPTQ did not round).
     - ``target_cosine`` / ``max_metric_drop``: accuracy-aware fallback: tensors are ranked by
       how much error each adds (layer-wise comparison) and the fewest that meet the target are
       kept in float (binary search, each step measured); a tensor stays float with its producer
