@@ -42,7 +42,7 @@ class Distill(Pass, ir.passes.FunctionalPass):
       0.887 against 0.882 after lowrank at budget 0.5, 60 s).
 
     With ``labels`` (one per calibration row, in the calibration data's order: an array, or
-    ``"<file.npz>:<key>"``), training adds a task loss on ``task_output`` (default: the first
+    ``"<file.npz>:<key>"``, the path relative to the working directory), training adds a task loss on ``task_output`` (default: the first
     output): ``task_loss`` ``cross_entropy`` (logits on the last axis, integer classes) or
     ``mse`` (targets), each term divided by its value before training and the task's weighted
     by ``task_weight``. When the pipeline has a task ``metric`` and evaluation data, the metric
