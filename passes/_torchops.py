@@ -214,15 +214,21 @@ def _torch_pad(pads: list[int]) -> list[int]:
     return result
 
 
+def _window(node, data, kernel: list[int] | None = None, dilated: bool = True):
+    """A sliding-window op's geometry (Conv, MaxPool, AveragePool): spatial rank, kernel,
+    strides, dilations (ones when ``dilated`` is False) and the explicit pads it needs."""
+    spatial = data.dim() - 2
+    kernel = list(node.attributes.get_ints("kernel_shape", kernel))
+    strides = list(node.attributes.get_ints("strides", [1] * spatial))
+    dilations = list(node.attributes.get_ints("dilations", [1] * spatial)) if dilated else [1] * spatial
+    return spatial, kernel, strides, dilations, _spatial_pads(node, data, kernel, strides, dilations)
+
+
 @_op("Conv")
 def _conv(node, x, g):
     data, weight = x[0], x[1]
     bias = x[2] if len(x) > 2 else None
-    spatial = data.dim() - 2
-    kernel = list(node.attributes.get_ints("kernel_shape", list(weight.shape[2:])))
-    strides = list(node.attributes.get_ints("strides", [1] * spatial))
-    dilations = list(node.attributes.get_ints("dilations", [1] * spatial))
-    pads = _spatial_pads(node, data, kernel, strides, dilations)
+    spatial, kernel, strides, dilations, pads = _window(node, data, list(weight.shape[2:]))
     if any(pads):
         data = F.pad(data, _torch_pad(pads))
     conv = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
@@ -232,11 +238,7 @@ def _conv(node, x, g):
 @_op("MaxPool")
 def _max_pool(node, x, g):
     data = x[0]
-    spatial = data.dim() - 2
-    kernel = list(node.attributes.get_ints("kernel_shape"))
-    strides = list(node.attributes.get_ints("strides", [1] * spatial))
-    dilations = list(node.attributes.get_ints("dilations", [1] * spatial))
-    pads = _spatial_pads(node, data, kernel, strides, dilations)
+    spatial, kernel, strides, dilations, pads = _window(node, data)
     if any(pads):
         data = F.pad(data, _torch_pad(pads), value=-math.inf)  # padding never wins a max
     pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1]
@@ -246,10 +248,7 @@ def _max_pool(node, x, g):
 @_op("AveragePool")
 def _average_pool(node, x, g):
     data = x[0]
-    spatial = data.dim() - 2
-    kernel = list(node.attributes.get_ints("kernel_shape"))
-    strides = list(node.attributes.get_ints("strides", [1] * spatial))
-    pads = _spatial_pads(node, data, kernel, strides, [1] * spatial)
+    spatial, kernel, strides, _, pads = _window(node, data, dilated=False)
     ceil = bool(node.attributes.get_int("ceil_mode", 0))
     pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[spatial - 1]
     padded = F.pad(data, _torch_pad(pads)) if any(pads) else data
