@@ -164,12 +164,16 @@ def _cmd_run(args) -> int:
     from onnxpress.errors import AccuracyFloorError
     from onnxpress.io import load, save
     from onnxpress.pipeline import Pipeline
-    from onnxpress.recipe import load_recipe
+    from onnxpress.recipe import default_recipe, load_recipe
 
     source, output = Path(args.model), Path(args.output)
     if output.exists() and source.exists() and output.resolve() == source.resolve():
         raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
-    recipe = load_recipe(args.recipe)
+    if args.recipe is None and args.target is None:
+        raise OnnxpressError("run: give --recipe, or --target to run that target's default recipe")
+    recipe = load_recipe(args.recipe) if args.recipe is not None else default_recipe(args.target)
+    if args.recipe is None:
+        _err(f"recipe: {recipe.description}: {' -> '.join(recipe.pass_names)}")
     model = load(str(source))
     pipeline = Pipeline.from_recipe(recipe)
     if args.no_check:
@@ -258,10 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a recipe's passes on a model and save the result")
     run.add_argument("model")
-    run.add_argument("--recipe", required=True, help="recipe TOML file")
+    run.add_argument("--recipe", help="recipe TOML file (default: the --target's own recipe: simplify, then "
+                     "int8 on cpu/edge, fp16 on cuda, fixed-point int8 on mcu)")
     run.add_argument("-o", "--output", required=True, help="output .onnx path")
     run.add_argument("--calibration", help=".npz file or folder of them (overrides the recipe's)")
-    run.add_argument("--target", help="validate the result on this target (cpu, cuda, edge or a .toml)")
+    run.add_argument("--target", help="validate the result on this target (cpu, cuda, edge, mcu or a .toml)")
     run.add_argument("--validate", action="store_true", help="validate on the recipe's target")
     run.add_argument("--data", help=".npz file or folder of them to judge the verdict on (default: the recipe's "
                      "[evaluation], else a held-out fifth of the calibration data the passes never see)")

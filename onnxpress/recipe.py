@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxpress import config, registry
+from onnxpress import config, registry, targets
 from onnxpress.calibration import DataSource
 from onnxpress.errors import RecipeError
 from onnxpress.feeds import check_input_shapes
@@ -121,3 +121,30 @@ def parse_recipe(text: str, *, name: str = "<recipe>", path: Path | None = None)
     return Recipe(path=path, passes=passes, pass_names=names, target=target, description=description,
                   pipeline_options=pipeline_options, calibration=sources.get("calibration"),
                   evaluation=sources.get("evaluation"))
+
+
+# What each target precision compresses with (the target's ``[recipe] precision``).
+_PRECISION_PASSES: dict[str, list[dict[str, Any]]] = {
+    "fp32": [{"name": "simplify"}],
+    "fp16": [{"name": "simplify"}, {"name": "fp16", "dtype": "float16"}],
+    "bf16": [{"name": "simplify"}, {"name": "fp16", "dtype": "bfloat16"}],
+    "int8": [{"name": "simplify"}, {"name": "quantize"}],
+    "int8-pow2": [{"name": "simplify"}, {"name": "quantize", "scale": "pow2"}],
+    "int4": [{"name": "simplify"}, {"name": "weightonly", "bits": 4}],
+}
+
+
+def default_recipe(target: str | os.PathLike) -> Recipe:
+    """The recipe a target profile suits: simplify, then the pass of its ``[recipe] precision``
+    (``cpu`` and ``edge``: int8 quantize; ``cuda``: fp16; ``mcu``: int8 with power-of-two
+    scales). ``onnxpress run MODEL --target T`` without ``--recipe`` runs it."""
+    profile = targets.load(target)
+    if profile.precision not in _PRECISION_PASSES:
+        raise RecipeError(f"{profile.path}: [recipe] precision '{profile.precision}' has no default recipe; "
+                          f"give one of {', '.join(_PRECISION_PASSES)}")
+    entries = _PRECISION_PASSES[profile.precision]
+    where = f"target '{profile.name}' default recipe"
+    passes = [registry.create(entry["name"], {k: v for k, v in entry.items() if k != "name"}, where=where)
+              for entry in entries]
+    return Recipe(path=None, passes=passes, pass_names=[entry["name"] for entry in entries],
+                  target=str(target), description=f"{where} (precision {profile.precision})")

@@ -72,29 +72,98 @@ def _grid(reduce_range: bool) -> tuple[int, int]:
     return (-64, 64) if reduce_range else (-127, 127)
 
 
-def _scales(weight: np.ndarray, axis: int | None, reduce_range: bool) -> np.ndarray:
+def _scales(weight: np.ndarray, axis: int | None, reduce_range: bool, pow2: bool = False) -> np.ndarray:
     """ONNX Runtime's symmetric weight scales, ``2 * max|w| / (qmax - qmin)`` (1 for an all-zero
-    channel): one per index of ``axis``, or one for the tensor when ``axis`` is None."""
+    channel): one per index of ``axis``, or one for the tensor when ``axis`` is None; with
+    ``pow2`` each rounded up to a power of two (fixed point: nothing clips)."""
     qmin, qmax = _grid(reduce_range)
     if axis is None:
         absmax = np.abs(weight.astype(np.float64)).max(keepdims=True).reshape(1)
     else:
         moved = np.moveaxis(weight.astype(np.float64), axis, 0)
         absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    return np.where(absmax > 0, 2.0 * absmax / (qmax - qmin), 1.0)
+    scales = np.where(absmax > 0, 2.0 * absmax / (qmax - qmin), 1.0)
+    return power_of_two(scales) if pow2 else scales
 
 
-def _quantized(weight: np.ndarray, axis: int, reduce_range: bool) -> np.ndarray:
+def power_of_two(values: np.ndarray) -> np.ndarray:
+    """Each (positive) value rounded up to the next power of two."""
+    return np.exp2(np.ceil(np.log2(np.asarray(values, np.float64))))
+
+
+def _quantized(weight: np.ndarray, axis: int, reduce_range: bool, pow2: bool = False) -> np.ndarray:
     """``weight`` after symmetric per-channel int8 quantization and back (ONNX Runtime's
     symmetric weights: zero point 0, the scales of ``_scales``)."""
     qmin, qmax = _grid(reduce_range)
     moved = np.moveaxis(weight.astype(np.float64), axis, 0)
-    scale = _scales(weight, axis, reduce_range).reshape(-1, *([1] * (moved.ndim - 1)))
+    scale = _scales(weight, axis, reduce_range, pow2).reshape(-1, *([1] * (moved.ndim - 1)))
     restored = np.clip(np.round(moved / scale), qmin, qmax) * scale
     return np.moveaxis(restored, 0, axis)
 
 
-def error_probes(model: ir.Model, nodes: list[ir.Node], reduce_range: bool) -> dict[str, str]:
+def weight_axis(node: ir.Node, per_channel: bool) -> int | None:
+    """The output-channel axis of a Conv, ConvTranspose, Gemm or MatMul weight (input 1) that
+    per-channel quantization scales along, or None for one scale per tensor."""
+    if not per_channel:
+        return None
+    if node.op_type == "ConvTranspose":
+        return 1  # [C_in, C_out / group, kh, kw]
+    return 0 if node.op_type == "Conv" or node.attributes.get_int("transB", 0) else 1
+
+
+# Symmetric int8 activations: ONNX Runtime's grid is [-127, 127] with zero point 0.
+_ACTIVATION_QMAX = 127
+
+
+def pow2_ranges(ranges: dict[str, tuple[float, float]]) -> tuple[dict[str, tuple[float, float]], list[float]]:
+    """Activation ranges whose symmetric int8 scales are powers of two (fixed point).
+
+    ONNX Runtime's symmetric scale is ``max(|low|, |high|) / 127``; the range becomes
+    ``±127·p`` with ``p`` that scale rounded up to a power of two, for which its arithmetic
+    gives back ``p`` exactly (``254·p / 254``). Returns the ranges and each tensor's factor
+    ``p / scale`` (in [1, 2): the resolution lost to the rounding).
+    """
+    result, factors = {}, []
+    for name, (low, high) in ranges.items():
+        absmax = max(abs(float(low)), abs(float(high)))
+        if absmax <= 0 or not np.isfinite(absmax):
+            result[name] = (low, high)
+            continue
+        scale = absmax / _ACTIVATION_QMAX
+        step = float(power_of_two(scale))
+        result[name] = (-_ACTIVATION_QMAX * step, _ACTIVATION_QMAX * step)
+        factors.append(step / scale)
+    return result, factors
+
+
+def pow2_weight_overrides(model: ir.Model, nodes: list[str], per_channel: bool, reduce_range: bool
+                          ) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` giving the float weights of ``nodes`` (Conv, ConvTranspose, Gemm
+    and MatMul input 1, other constant float inputs per tensor) power-of-two scales and zero
+    point 0, so ONNX Runtime's quantizer stores fixed-point weights. Int32 biases then get the
+    product of two powers of two as their scale (input scale x weight scale)."""
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    wanted = set(nodes)
+    for node in model.graph:
+        if node.name not in wanted:
+            continue
+        for index, value in enumerate(node.inputs):
+            weight = constant(value) if value is not None and value.is_initializer() else None
+            if weight is None or weight.dtype != np.float32 or value.name in overrides:
+                continue
+            if index == 2 and node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+                continue  # the bias: int32 at the input scale x the weight scale
+            axis = weight_axis(node, per_channel) if index == 1 and node.op_type in (
+                "Conv", "ConvTranspose", "Gemm", "MatMul") and weight.ndim >= 2 else None
+            scale = _scales(weight, axis, reduce_range, pow2=True)
+            if axis is None:
+                overrides[value.name] = [{"scale": float(scale[0]), "zero_point": 0}]
+            else:
+                overrides[value.name] = [{"axis": axis, "scale": float(s), "zero_point": 0} for s in scale]
+    return overrides
+
+
+def error_probes(model: ir.Model, nodes: list[ir.Node], reduce_range: bool, pow2: bool = False) -> dict[str, str]:
     """Add beside each Conv/Gemm with a bias a copy fed with ``W_q - W`` and no bias, in place.
 
     The copy's output is exactly what int8 weights add to the layer's output on the float
@@ -107,9 +176,8 @@ def error_probes(model: ir.Model, nodes: list[ir.Node], reduce_range: bool) -> d
         weight = constant(node.inputs[1])
         if weight is None or constant(node.inputs[2]) is None:
             continue
-        trans_b = node.attributes.get_int("transB", 0)
-        axis = 0 if node.op_type == "Conv" or trans_b else 1  # the output-channel axis
-        delta = (_quantized(weight, axis, reduce_range) - weight).astype(weight.dtype)
+        axis = weight_axis(node, True)
+        delta = (_quantized(weight, axis, reduce_range, pow2) - weight).astype(weight.dtype)
         name = f"{node.name}_weight_error"
         value = ir.Value(name=name, const_value=ir.tensor(delta, name=name))
         model.graph.register_initializer(value)
@@ -156,14 +224,14 @@ GPTQ_DAMPING = 0.01  # GPTQ's own damping (1 % of the mean diagonal): rounding k
 
 
 def gptq(model: ir.Model, nodes: list[ir.Node], feeds, runner, *, per_channel: bool, reduce_range: bool,
-         limit: int | None = None, say: Callable[[str], None] | None = None
+         pow2: bool = False, limit: int | None = None, say: Callable[[str], None] | None = None
          ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str], dict[str, dict[str, Any]]]:
     """Round the weights of ``nodes`` (MatMul, Gemm, Conv of ``model``) to their int8 grids with
     GPTQ error feedback, in place, in graph order on the inputs the already-rounded layers give
     (``_compensate.refit``: the original model's layer outputs are the targets).
 
     The grid is ONNX Runtime's own (symmetric, zero point 0, its scale per output channel or per
-    tensor). One damping is used, not a search (each solve costs a K x K inverse, K up to
+    tensor; rounded up to a power of two with ``pow2``). One damping is used, not a search (each solve costs a K x K inverse, K up to
     C·kh·kw = 4608 in a ResNet); a layer takes its rounded weights only when they beat plain
     rounding on calibration rows held back from the fit. Returns the quantizer's
     ``TensorQuantOverrides`` for the new weights (their scales, so the quantizer stores exactly
@@ -184,8 +252,8 @@ def gptq(model: ir.Model, nodes: list[ir.Node], feeds, runner, *, per_channel: b
         if found is None or node.name not in by_name:
             continue
         rows, to_rows, back = found
-        axis = (0 if node.op_type == "Conv" or node.attributes.get_int("transB", 0) else 1) if per_channel else None
-        scale = _scales(weight, axis, reduce_range)  # per output channel: one per column of x @ W
+        axis = weight_axis(node, per_channel)
+        scale = _scales(weight, axis, reduce_range, pow2)  # per output channel: one per column of x @ W
         start = to_rows(weight).astype(np.float64)
         nearest = np.clip(np.round(start / scale), qmin, qmax) * scale
 

@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 Method = Literal["minmax", "percentile", "entropy"]
 Mode = Literal["auto", "static", "dynamic"]
 Preset = Literal["auto", "cnn", "transformer", "all"]
+Scale = Literal["auto", "free", "pow2"]
 
 # Ops whose cost dominates; the rest of a preset's op types only keep int8 flowing between them.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -77,6 +78,13 @@ class Quantize(Pass, ir.passes.FunctionalPass):
       and its quantized consumers, and a float node gets its uncorrected bias back.
     - ``latency_aware``: time the candidate on the target and keep in float the op groups where
       int8 does not pay; if int8 is still slower than fp32, the model stays float (and says so).
+    - ``scale="pow2"`` (fixed point, for integer-only DSPs and MCUs that rescale with shifts):
+      every scale a power of two and every zero point 0 — symmetric int8 activations with their
+      ranges widened to ``±127·2^k``, symmetric weights with their scales rounded up to ``2^k``
+      (GPTQ and bias correction round to that grid), int32 biases at the product. Static mode
+      only. ``auto`` (the default) follows the target: pow2 where its ``[recipe] precision`` is
+      ``int8-pow2`` (the ``mcu`` profile), free scales elsewhere. The statistics give how much
+      resolution the rounding cost (``pow2``: each scale's factor over the free one, in [1, 2)).
 
     Nodes inside If/Loop/Scan bodies stay float (ONNX Runtime's quantizers do not descend into
     subgraphs), ops of other domains (``ai.onnx.ml``) are left alone, and a model with nothing
@@ -101,7 +109,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                  smoothquant_alpha: float | None = None, bias_correction: bool = True,
                  target_cosine: float | None = None, max_metric_drop: float | None = None,
                  latency_aware: bool = False, calibration_samples: int = 256,
-                 fold_batchnorm: bool = True, gptq: Literal["auto"] | bool = "auto") -> None:
+                 fold_batchnorm: bool = True, gptq: Literal["auto"] | bool = "auto", scale: Scale = "auto") -> None:
         super().__init__()
         reject_option(method not in ("minmax", "percentile", "entropy"),
                       "quantize", "method", "minmax, percentile or entropy", method)
@@ -122,6 +130,11 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                       "quantize", "max_metric_drop", ">= 0", max_metric_drop)
         reject_option(calibration_samples < 1, "quantize", "calibration_samples", ">= 1", calibration_samples)
         reject_option(gptq not in ("auto", True, False), "quantize", "gptq", "'auto', true or false", gptq)
+        reject_option(scale not in ("auto", "free", "pow2"), "quantize", "scale", "auto, free or pow2", scale)
+        reject_option(scale == "pow2" and mode == "dynamic", "quantize", "mode",
+                      "static or auto with scale='pow2' (dynamic mode computes scales at run time)", mode)
+        reject_option(scale == "pow2" and activation_type == "uint8", "quantize", "activation_type",
+                      "int8 or auto with scale='pow2' (a zero point of 0 needs symmetric int8)", activation_type)
         self.method = method
         self.mode = mode
         self.preset = preset
@@ -141,6 +154,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         self.calibration_samples = calibration_samples
         self.fold_batchnorm = fold_batchnorm
         self.gptq = gptq
+        self.scale = scale
 
     # ------------------------------------------------------------------------------- plan
 
@@ -176,7 +190,18 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         return "transformer" if ops & {"LayerNormalization", "Softmax", "Attention"} and "MatMul" in ops else "cnn"
 
     def _mode(self, preset: str) -> str:
-        return self.mode if self.mode != "auto" else ("dynamic" if preset == "transformer" else "static")
+        mode = self._mode_option()
+        return mode if mode != "auto" else ("dynamic" if preset == "transformer" else "static")
+
+    def _mode_option(self) -> str:
+        """The ``mode`` option in force: fixed point is static only."""
+        return "static" if self.mode == "auto" and self._pow2() else self.mode
+
+    def _pow2(self) -> bool:
+        """Power-of-two scales: asked for, or ``auto`` on a target whose precision is ``int8-pow2``."""
+        if self.scale == "auto":
+            return self.context is not None and self.context.target.precision == "int8-pow2"
+        return self.scale == "pow2"
 
     def _isa(self) -> str:
         """The instruction set the int8 defaults are for: the bound context's target's, else the host."""
@@ -188,6 +213,8 @@ class Quantize(Pass, ir.passes.FunctionalPass):
 
         defaults = quantization_defaults_for(self._isa())
         activation = defaults.activation_type if self.activation_type == "auto" else self.activation_type
+        if self._pow2():
+            activation = "int8"  # zero point 0: symmetric signed activations
         reduce_range = defaults.reduce_range if self.reduce_range == "auto" else bool(self.reduce_range)
         return activation, reduce_range
 
@@ -200,7 +227,8 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         embedding, a recogniser's conv stem with the Relu/pooling between its convolutions)
         statically when there is calibration data.
         """
-        calibrated = self.mode != "auto" or (self.context is not None and self.context.calibration is not None)
+        option = self._mode_option()
+        calibrated = option != "auto" or (self.context is not None and self.context.calibration is not None)
         plan: dict[str, str] = {}
         floating: dict[str, str] = {}
         for node in model.graph:
@@ -228,7 +256,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                 continue
             mode = self._node_mode(node, preset, plan)
             if mode is None and self.op_types is not None:  # asked for by op type: the preset's mode
-                mode = "dynamic" if self.mode == "dynamic" or (self.mode == "auto" and preset == "transformer") \
+                mode = "dynamic" if option == "dynamic" or (option == "auto" and preset == "transformer") \
                     else "static"
             if mode is None:
                 continue
@@ -254,10 +282,11 @@ class Quantize(Pass, ir.passes.FunctionalPass):
     def _node_mode(self, node: ir.Node, preset: str, plan: dict[str, str]) -> str | None:
         """``static``, ``dynamic`` or None (not quantized) for ``node``; ``plan`` holds the
         decisions for the nodes before it (graph order)."""
-        if self.mode == "dynamic" or (self.mode == "auto" and preset == "transformer"):
+        option = self._mode_option()
+        if option == "dynamic" or (option == "auto" and preset == "transformer"):
             if node.op_type in TRANSFORMER_OPS:
                 return "dynamic"
-            if self.mode == "dynamic":
+            if option == "dynamic":
                 return None
             # The convolutional region of a transformer: convolutions, and the cheap ops
             # between them while every activation input comes from that region.
@@ -268,7 +297,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             sources = [v.producer() for v in node.inputs if v is not None and constant(v) is None]
             inside = [p is not None and plan.get(p.name) == "static" for p in sources]
             return "static" if inside and all(inside) else None
-        if preset == "transformer" and self.mode == "static" and self.op_types is None:
+        if preset == "transformer" and option == "static" and self.op_types is None:
             return "static" if node.op_type in TRANSFORMER_OPS else None
         return "static" if node.op_type in _STATIC_OPS else None
 
@@ -290,17 +319,18 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             prep_stats["gemm_as_matmul"] = _gemm_as_matmul(prepared, gemms)
         pristine = prepared.clone()  # float fallbacks return this: no smoothing, no bias shifts
         activation, reduce_range = self._hardware()
+        pow2 = self._pow2()
         modes = sorted(set(plan.values()))
         stats: dict[str, Any] = {"preset": preset, "mode": modes[0] if len(modes) == 1 else "mixed",
                                  "method": self.method if "static" in modes else None,
                                  "activation_type": activation if "static" in modes else "uint8",
                                  "weight_type": "int8", "reduce_range": reduce_range, "isa": self._isa(),
-                                 "per_channel": self.per_channel, **prep_stats}
+                                 "per_channel": self.per_channel, "scale": "pow2" if pow2 else "free", **prep_stats}
         if len(modes) > 1:
             stats["dynamic_nodes"] = sum(m == "dynamic" for m in plan.values())
             stats["static_nodes"] = sum(m == "static" for m in plan.values())
         # ONNX Runtime's dynamic kernels quantize activations to uint8; static ones take the target's type.
-        settings = dict(plan=plan, activation=activation, reduce_range=reduce_range)
+        settings = dict(plan=plan, activation=activation, reduce_range=reduce_range, pow2=pow2)
         nodes = list(plan)
         context = self.context
         reference = None
@@ -317,7 +347,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             layers = [n for n in prepared.graph if n.name in plan and n.op_type in COMPUTE_OPS]
             overrides, originals, fits = _calibrated.gptq(
                 prepared, layers, context.calibration, context.runner, per_channel=self.per_channel,
-                reduce_range=reduce_range, limit=self.calibration_samples, say=context.say)
+                reduce_range=reduce_range, pow2=pow2, limit=self.calibration_samples, say=context.say)
             settings.update(overrides=overrides, unrounded=originals)
             stats["gptq"] = {"layers": len(originals), "considered": len(fits), "fits": fits}
         ranges = None
@@ -326,6 +356,11 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             tails = _output_tails(prepared, static)
             ranges, corrected = self._calibrate(prepared, [n for n in static if n not in tails], reduce_range,
                                                 settings.get("unrounded"))
+            if pow2:
+                factors = _calibrated.pow2_ranges({k: v for k, v in ranges.items()})[1]
+                stats["pow2"] = {"activation_tensors": len(factors),
+                                 "mean_factor": round(float(np.mean(factors)), 4) if factors else None,
+                                 "max_factor": round(float(np.max(factors)), 4) if factors else None}
             settings["uncorrected"] = corrected
             stats["bias_corrected"] = len(corrected)
             left = {**tails, **_mixed_range_joins(prepared, static, ranges)}
@@ -423,7 +458,8 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                        and n not in (unrounded or {})]
             probed = model.clone()
             probed_nodes = {n.name: n for n in probed.graph}
-            probes = _calibrated.error_probes(probed, [probed_nodes[n.name] for n in targets], reduce_range)
+            probes = _calibrated.error_probes(probed, [probed_nodes[n.name] for n in targets], reduce_range,
+                                              self._pow2())
             if probes:
                 axes = {probe: 1 if by_name[name].op_type == "Conv" else -1 for name, probe in probes.items()}
                 shifts = self.context.statistics(probed, tensors=list(axes), channel_axes=axes,
@@ -451,9 +487,13 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             model = model.clone()
             _calibrated.restore_inputs(model, uncorrect, 2)
             _calibrated.restore_inputs(model, unround, 1)
+        if settings.get("pow2") and static:  # fixed point: GPTQ's grids are powers of two already
+            overrides = _calibrated.pow2_weight_overrides(model, static, self.per_channel, settings["reduce_range"])
+            settings = {**settings, "overrides": {**overrides, **settings.get("overrides", {})},
+                        "ranges": _calibrated.pow2_ranges(ranges)[0]}
         proto = _proto.to_proto(model)
         if static:
-            proto = self._run_quantizer(proto, static, ranges, settings, dynamic=False)
+            proto = self._run_quantizer(proto, static, settings.get("ranges", ranges), settings, dynamic=False)
         if dynamic:
             proto = self._run_quantizer(proto, dynamic, None, settings, dynamic=True)
         result = _proto.from_proto(proto)
@@ -471,7 +511,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                    "ActivationSymmetric": activation == QuantType.QInt8}
         names = {v for n in proto.graph.node if n.name in set(nodes) for v in n.input}
         overrides = {name: o for name, o in settings.get("overrides", {}).items() if name in names}
-        if overrides:  # GPTQ's grids: the quantizer stores the integers it rounded to
+        if overrides:  # GPTQ's (or fixed point's) grids: the quantizer stores the integers they chose
             options["TensorQuantOverrides"] = overrides
         try:
             if dynamic:

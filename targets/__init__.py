@@ -1,4 +1,4 @@
-"""Target profiles: one TOML file per target (``cpu``, ``cuda``, ``edge``) and their loader.
+"""Target profiles: one TOML file per target (``cpu``, ``cuda``, ``edge``, ``mcu``) and their loader.
 
 A profile names the execution providers in order with their options, session options, the
 accuracy tolerances a candidate must meet, latency and size budgets, how latency is measured,
@@ -18,9 +18,10 @@ from onnxpress.hardware import ISAS
 
 FOLDER = Path(__file__).resolve().parent
 
-# [recipe] precision is advisory: nothing applies it yet (there is no fp16 pass), so a profile
-# asking for fp16 is validated as if fp32; the value is checked so a typo is not silently kept.
-Precision = Literal["fp32", "fp16", "int8"]
+# [recipe] precision: what the target's default recipe compresses to (``recipe.default_recipe``,
+# ``onnxpress run MODEL --target T`` without --recipe), and what passes with an ``auto`` choice
+# follow (quantize's power-of-two scales for ``int8-pow2``).
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int8-pow2", "int4"]
 
 _SECTIONS: dict[str, dict[str, Any]] = {
     "runtime": {"providers": list[str], "provider_options": dict[str, dict[str, Any]], "intra_op_threads": int,
@@ -86,7 +87,7 @@ def builtin() -> dict[str, Path]:
 
 
 def load(target: str | os.PathLike | Target) -> Target:
-    """A target by built-in name (``cpu``, ``cuda``, ``edge``) or by a profile file's path."""
+    """A target by built-in name (``cpu``, ``cuda``, ``edge``, ``mcu``) or by a profile file's path."""
     if isinstance(target, Target):
         return target
     known = builtin()

@@ -99,7 +99,7 @@ def test_inspect_passes_and_targets(model_file, capsys):
     assert out.startswith("simplify") and "fold_limit_bytes (int) = 16777216" in out
     assert main(["targets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["cpu", "cuda", "edge"]
+    assert [line.split()[0] for line in lines] == ["cpu", "cuda", "edge", "mcu"]
 
 
 def test_validate_exit_code_follows_the_verdict(tmp_path, capsys):
@@ -231,3 +231,25 @@ def test_validate_and_run_take_input_shapes(tmp_path, recipe_file, capsys):
     assert main(["run", str(model), "--recipe", str(recipe_file), "-o", str(out), "--target", "cpu",
                  "--input-shape", "audio=1x50", "--report", str(tmp_path / "rep")]) == 0
     assert "note: inputs generated with the given shapes: audio=1x50" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("target, passes, scale", [("mcu", ["simplify", "quantize"], "pow2"),
+                                                   ("cpu", ["simplify", "quantize"], "free")])
+def test_run_without_a_recipe_uses_the_targets_own(tmp_path, capsys, target, passes, scale):
+    output = tmp_path / "out.onnx"
+    code = main(["run", str(samples.DIGITS_MODEL), "--target", target, "-o", str(output),
+                 "--calibration", str(samples.DIGITS_CALIB), "--report", str(tmp_path / "report")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"recipe: target '{target}' default recipe" in captured.err and " -> ".join(passes) in captured.err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["passed"] and report["target"] == target
+    assert [r["name"] for r in report["pipeline"]["records"]] == passes
+    assert report["pipeline"]["records"][-1]["statistics"]["scale"] == scale
+
+
+def test_run_needs_a_recipe_or_a_target(tmp_path, capsys):
+    code = main(["run", str(samples.DIGITS_MODEL), "-o", str(tmp_path / "out.onnx")])
+    assert code == 2
+    assert "give --recipe, or --target" in capsys.readouterr().err
+    assert not (tmp_path / "out.onnx").exists()

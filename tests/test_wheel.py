@@ -146,8 +146,8 @@ def test_installed_wheel_works_outside_the_repository(venv, tmp_path):
         assert Path(file).resolve().is_relative_to(venv.resolve()), (module, file)
         assert not Path(file).resolve().is_relative_to(REPO), (module, file)
     assert report["stray_modules"] == []
-    assert report["target_files"] == ["cpu.toml", "cuda.toml", "edge.toml"]
-    assert set(report["targets"]) == {"cpu", "cuda", "edge"}
+    assert report["target_files"] == ["cpu.toml", "cuda.toml", "edge.toml", "mcu.toml"]
+    assert set(report["targets"]) == {"cpu", "cuda", "edge", "mcu"}
     assert all(report["targets"].values())
     assert report["samples"] == {"digits_cnn.onnx": True, "recipe.toml": True}
     assert report["simplify"]["checked"] is True

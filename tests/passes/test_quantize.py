@@ -326,6 +326,9 @@ def test_static_mode_needs_calibration(digits):
     (dict(smoothquant_alpha=2.0), "quantize: smoothquant_alpha"),
     (dict(target_cosine=1.5), "quantize: target_cosine"),
     (dict(reduce_range="yes"), "quantize: reduce_range"),
+    (dict(scale="pow10"), "quantize: scale must be auto, free or pow2"),
+    (dict(scale="pow2", mode="dynamic"), "quantize: mode must be static or auto with scale='pow2'"),
+    (dict(scale="pow2", activation_type="uint8"), "quantize: activation_type must be int8 or auto"),
 ])
 def test_bad_options_are_named(options, message):
     with pytest.raises(ValueError, match=message):
@@ -514,3 +517,52 @@ def test_the_ops_between_the_last_convolution_and_the_output_stay_float(rng):
     assert result.records[0].kernels["int8"] == 1
     expected, got = ort_run(model, calib[0])[0], ort_run(result.model, calib[0])[0]
     assert compare([{"y": expected}], [{"y": got}])["y"].cosine > 0.999
+
+
+def _scales_and_zero_points(model: ir.Model) -> tuple[np.ndarray, np.ndarray]:
+    scales, zero_points = [], []
+    for node in model.graph:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            scales.append(node.inputs[1].const_value.numpy().ravel())
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                zero_points.append(node.inputs[2].const_value.numpy().ravel().astype(np.int64))
+    return np.concatenate(scales), np.concatenate(zero_points)
+
+
+def test_fixed_point_scales_are_powers_of_two_with_zero_points_of_zero(digits):
+    model, calib, data, labels = digits
+    free = ox.Pipeline([ox.passes.Quantize(scale="free")]).run(model, calibration=calib)
+    fixed = ox.Pipeline([ox.passes.Quantize(scale="pow2")]).run(model, calibration=calib)
+    scales, zero_points = _scales_and_zero_points(fixed.model)
+    exponents = np.log2(scales.astype(np.float64))
+    assert scales.size > 20 and np.array_equal(exponents, np.round(exponents))  # activations, weights, biases
+    assert not zero_points.any()
+    free_scales = _scales_and_zero_points(free.model)[0].astype(np.float64)
+    assert not np.array_equal(np.log2(free_scales), np.round(np.log2(free_scales)))  # the test can fail
+    stats = fixed.records[0].statistics
+    assert stats["scale"] == "pow2" and stats["activation_type"] == "int8" and stats["mode"] == "static"
+    assert 1.0 <= stats["pow2"]["mean_factor"] <= stats["pow2"]["max_factor"] < 2.0
+    assert fixed.records[0].kernels["int8"] == 5  # still fused into ONNX Runtime's int8 kernels
+    reference = accuracy(runtime.run_model(model, data), labels)
+    assert accuracy(runtime.run_model(fixed.model, data), labels) >= reference - 0.01
+    onnx_check(fixed.model)
+
+
+def test_the_mcu_target_gives_fixed_point_by_default(digits):
+    model, calib, _, _ = digits
+    on_mcu = ox.Pipeline([ox.passes.Quantize()], target="mcu").run(model, calibration=calib)
+    on_cpu = ox.Pipeline([ox.passes.Quantize()], target="cpu").run(model, calibration=calib)
+    assert on_mcu.records[0].statistics["scale"] == "pow2"
+    assert on_cpu.records[0].statistics["scale"] == "free"
+
+
+def test_fixed_point_makes_a_transformer_static(rng):
+    model = _transformer()
+    result = ox.Pipeline([ox.passes.Quantize(scale="pow2")]).run(model, calibration=_sequence_feeds(16))
+    stats = result.records[0].statistics
+    assert stats["mode"] == "static" and stats["preset"] == "transformer"
+    assert "DynamicQuantizeLinear" not in _ops(result.model)
+    scales, zero_points = _scales_and_zero_points(result.model)
+    exponents = np.log2(scales.astype(np.float64))
+    assert np.array_equal(exponents, np.round(exponents)) and not zero_points.any()
+    assert result.records[0].cosine > 0.98
