@@ -181,6 +181,19 @@ class TensorStats:
                 best, best_kl = end, kl
         return (best + 0.5) * width
 
+    def rounding_error(self, step: float, levels: int = 127) -> float:
+        """Mean squared error of symmetric quantization with ``step`` and ``levels`` steps either
+        side of 0, estimated on the histogram of magnitudes (bin centres): ``v²`` below half a
+        step (rounds to 0), ``step²/12`` inside the grid, the distance squared beyond it (clipped)."""
+        counts = (self.hist_pos + self.hist_neg).astype(np.float64)
+        if counts.sum() == 0:
+            return 0.0
+        centres = (np.arange(self.bins) + 0.5) * (self.hist_range / self.bins)
+        limit = levels * step
+        error = np.where(centres < step / 2, centres ** 2,
+                         np.where(centres <= limit, step ** 2 / 12.0, (centres - limit) ** 2))
+        return float((counts * error).sum() / counts.sum())
+
     def channel_mean(self) -> np.ndarray | None:
         return None if self.channel_sum is None else self.channel_sum / max(1, self.channel_rows)
 

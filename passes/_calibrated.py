@@ -75,7 +75,7 @@ def _grid(reduce_range: bool) -> tuple[int, int]:
 def _scales(weight: np.ndarray, axis: int | None, reduce_range: bool, pow2: bool = False) -> np.ndarray:
     """ONNX Runtime's symmetric weight scales, ``2 * max|w| / (qmax - qmin)`` (1 for an all-zero
     channel): one per index of ``axis``, or one for the tensor when ``axis`` is None; with
-    ``pow2`` each rounded up to a power of two (fixed point: nothing clips)."""
+    ``pow2`` each a power of two (the one above, or the one below where that errs less)."""
     qmin, qmax = _grid(reduce_range)
     if axis is None:
         absmax = np.abs(weight.astype(np.float64)).max(keepdims=True).reshape(1)
@@ -83,7 +83,16 @@ def _scales(weight: np.ndarray, axis: int | None, reduce_range: bool, pow2: bool
         moved = np.moveaxis(weight.astype(np.float64), axis, 0)
         absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
     scales = np.where(absmax > 0, 2.0 * absmax / (qmax - qmin), 1.0)
-    return power_of_two(scales) if pow2 else scales
+    if not pow2:
+        return scales
+    # Fixed point: the scale rounded up, or down where clipping the largest weights of the
+    # channel costs less squared error than the coarser grid.
+    rows = weight.astype(np.float64).reshape(1, -1) if axis is None else \
+        np.moveaxis(weight.astype(np.float64), axis, 0).reshape(scales.shape[0], -1)
+    up = power_of_two(scales)
+    errors = [np.sum((rows - np.clip(np.round(rows / s[:, None]), qmin, qmax) * s[:, None]) ** 2, axis=1)
+              for s in (up, up / 2)]
+    return np.where(errors[1] < errors[0], up / 2, up)
 
 
 def power_of_two(values: np.ndarray) -> np.ndarray:
@@ -115,13 +124,15 @@ def weight_axis(node: ir.Node, per_channel: bool) -> int | None:
 _ACTIVATION_QMAX = 127
 
 
-def pow2_ranges(ranges: dict[str, tuple[float, float]]) -> tuple[dict[str, tuple[float, float]], list[float]]:
+def pow2_ranges(ranges: dict[str, tuple[float, float]], stats=None
+                ) -> tuple[dict[str, tuple[float, float]], list[float]]:
     """Activation ranges whose symmetric int8 scales are powers of two (fixed point).
 
     ONNX Runtime's symmetric scale is ``max(|low|, |high|) / 127``; the range becomes
-    ``±127·p`` with ``p`` that scale rounded up to a power of two, for which its arithmetic
-    gives back ``p`` exactly (``254·p / 254``). Returns the ranges and each tensor's factor
-    ``p / scale`` (in [1, 2): the resolution lost to the rounding).
+    ``±127·p`` with ``p`` a power of two, for which its arithmetic gives back ``p`` exactly
+    (``254·p / 254``). ``p`` is the scale rounded up, or down when the tensor's histogram in
+    ``stats`` (``TensorStats.rounding_error``) says clipping its tail costs less than the coarser
+    step. Returns the ranges and each tensor's factor ``p / scale`` (in [0.5, 2)).
     """
     result, factors = {}, []
     for name, (low, high) in ranges.items():
@@ -131,6 +142,10 @@ def pow2_ranges(ranges: dict[str, tuple[float, float]]) -> tuple[dict[str, tuple
             continue
         scale = absmax / _ACTIVATION_QMAX
         step = float(power_of_two(scale))
+        if stats is not None and name in stats and step > scale:
+            tensor = stats[name]
+            if tensor.rounding_error(step / 2, _ACTIVATION_QMAX) < tensor.rounding_error(step, _ACTIVATION_QMAX):
+                step /= 2
         result[name] = (-_ACTIVATION_QMAX * step, _ACTIVATION_QMAX * step)
         factors.append(step / scale)
     return result, factors

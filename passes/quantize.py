@@ -354,13 +354,11 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         if "static" in modes:
             static = [n for n in nodes if plan[n] == "static"]
             tails = _output_tails(prepared, static)
-            ranges, corrected = self._calibrate(prepared, [n for n in static if n not in tails], reduce_range,
-                                                settings.get("unrounded"))
+            ranges, corrected, factors = self._calibrate(prepared, [n for n in static if n not in tails], reduce_range,
+                                                         settings.get("unrounded"))
             if pow2:
-                factors = _calibrated.pow2_ranges({k: v for k, v in ranges.items()})[1]
-                stats["pow2"] = {"activation_tensors": len(factors),
-                                 "mean_factor": round(float(np.mean(factors)), 4) if factors else None,
-                                 "max_factor": round(float(np.max(factors)), 4) if factors else None}
+                stats["pow2"] = {"activation_tensors": len(factors), "rounded_down": sum(f < 1 for f in factors),
+                                 "mean_factor": round(float(np.mean(factors)), 4) if factors else None}
             settings["uncorrected"] = corrected
             stats["bias_corrected"] = len(corrected)
             left = {**tails, **_mixed_range_joins(prepared, static, ranges)}
@@ -443,7 +441,8 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         return best[2], best[0], tried
 
     def _calibrate(self, model: ir.Model, nodes: list[str], reduce_range: bool, unrounded: dict | None = None):
-        """Activation ranges for every float tensor (static mode), after bias correction.
+        """Activation ranges for every float tensor (static mode), after bias correction, with
+        power-of-two scales under ``scale="pow2"`` (and each scale's factor over the free one).
 
         Bias correction changes ``model``'s biases in place, so the ranges are collected last.
         It leaves out the nodes whose weights GPTQ rounded (``unrounded``): GPTQ fitted their
@@ -470,7 +469,10 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         for output in model.graph.outputs:  # clipping what the model returns distorts it directly
             if output.name in stats:
                 ranges[output.name] = stats[output.name].range("minmax")
-        return ranges, corrected
+        factors: list[float] = []
+        if self._pow2():
+            ranges, factors = _calibrated.pow2_ranges(ranges, stats)
+        return ranges, corrected, factors
 
     def _quantize(self, model: ir.Model, nodes: list[str], ranges, settings: dict) -> ir.Model:
         """``model`` with ``nodes`` quantized, each in its planned mode: the static (QDQ) ones
@@ -489,11 +491,10 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             _calibrated.restore_inputs(model, unround, 1)
         if settings.get("pow2") and static:  # fixed point: GPTQ's grids are powers of two already
             overrides = _calibrated.pow2_weight_overrides(model, static, self.per_channel, settings["reduce_range"])
-            settings = {**settings, "overrides": {**overrides, **settings.get("overrides", {})},
-                        "ranges": _calibrated.pow2_ranges(ranges)[0]}
+            settings = {**settings, "overrides": {**overrides, **settings.get("overrides", {})}}
         proto = _proto.to_proto(model)
         if static:
-            proto = self._run_quantizer(proto, static, settings.get("ranges", ranges), settings, dynamic=False)
+            proto = self._run_quantizer(proto, static, ranges, settings, dynamic=False)
         if dynamic:
             proto = self._run_quantizer(proto, dynamic, None, settings, dynamic=True)
         result = _proto.from_proto(proto)

@@ -43,3 +43,20 @@ def test_a_target_built_in_python_checks_its_isa():
     with pytest.raises(ValueError, match="isa must be one of host, x86-vnni"):
         targets.Target(name="t", description="", path=targets.FOLDER, providers=["CPUExecutionProvider"],
                        isa="z80")
+
+
+def test_each_profile_names_the_precision_its_default_recipe_compresses_to(tmp_path):
+    from onnxpress.recipe import default_recipe
+
+    expected = {"cpu": ("int8", ["simplify", "quantize"]), "edge": ("int8", ["simplify", "quantize"]),
+                "cuda": ("fp16", ["simplify", "fp16"]), "mcu": ("int8-pow2", ["simplify", "quantize"])}
+    for name, (precision, passes) in expected.items():
+        assert targets.load(name).precision == precision
+        recipe = default_recipe(name)
+        assert recipe.pass_names == passes and recipe.target == name
+    mcu = targets.load("mcu")
+    assert mcu.intra_op_threads == 1 and mcu.size_mb == 1.0
+    assert default_recipe("mcu").passes[1].scale == "pow2"
+    assert default_recipe("cuda").passes[1].dtype == "float16"
+    with pytest.raises(ox.RecipeError, match=r"\[recipe\]: 'precision' must be one of 'fp32', 'fp16'"):
+        targets.load(_profile(tmp_path, 'precision = "int8"', 'precision = "int3"'))

@@ -541,7 +541,7 @@ def test_fixed_point_scales_are_powers_of_two_with_zero_points_of_zero(digits):
     assert not np.array_equal(np.log2(free_scales), np.round(np.log2(free_scales)))  # the test can fail
     stats = fixed.records[0].statistics
     assert stats["scale"] == "pow2" and stats["activation_type"] == "int8" and stats["mode"] == "static"
-    assert 1.0 <= stats["pow2"]["mean_factor"] <= stats["pow2"]["max_factor"] < 2.0
+    assert 0.5 <= stats["pow2"]["mean_factor"] < 2.0 and stats["pow2"]["activation_tensors"] >= 10
     assert fixed.records[0].kernels["int8"] == 5  # still fused into ONNX Runtime's int8 kernels
     reference = accuracy(runtime.run_model(model, data), labels)
     assert accuracy(runtime.run_model(fixed.model, data), labels) >= reference - 0.01
