@@ -207,6 +207,7 @@ def _cmd_run(args) -> int:
                       allow_missing_provider=args.allow_missing_provider, bundle=bundle, data_source=judged_by,
                       input_shapes=shapes)
     report.pipeline = result.to_dict()
+    report.notes.extend(result.notes())
     _print_report(report, False)
     _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT

@@ -119,7 +119,14 @@ class PipelineResult:
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [f"note: {note}" for note in self.notes()]
         return "\n".join(lines)
+
+    def notes(self) -> list[str]:
+        """What the passes want a reader to know, one line each: a pass's ``note`` statistic
+        (weight-only int4 that is a size method on this target, a model already quantized)."""
+        return [f"{r.name}: {r.statistics['note']}" for r in self.records
+                if isinstance(r.statistics.get("note"), str) and r.statistics["note"]]
 
 
 class Pipeline:

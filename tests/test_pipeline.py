@@ -182,3 +182,18 @@ def test_an_input_declared_without_a_shape_gets_the_rank_of_the_data(tmp_path, s
         ox.Pipeline([ox.passes.Simplify()]).run(model)
     unchecked = ox.Pipeline([ox.passes.Simplify()], check=False, golden_samples=0).run(model)
     assert unchecked.model.graph.inputs[0].shape is None  # nothing to read a rank from, nothing checked
+
+
+class _Noted(_ScaleWeights):
+    name = "noted"
+
+    def call(self, model):
+        result = super().call(model)
+        result.statistics["note"] = "a size method on this target"
+        return result
+
+
+def test_a_pass_note_reaches_the_table_and_the_notes(small_model):
+    result = ox.Pipeline([_Noted(factor=1.0001), _ScaleWeights(factor=1.0001)]).run(small_model)
+    assert result.notes() == ["noted: a size method on this target"]
+    assert result.table().splitlines()[-1] == "note: noted: a size method on this target"
