@@ -5,6 +5,8 @@ Runtime) goes through here, once per call.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -199,3 +201,21 @@ def defines_function(op_type: str, domain: str, opset: int) -> bool:
     except onnx.defs.SchemaError:
         return False
     return bool(schema.has_function or schema.has_context_dependent_function)
+
+
+@functools.lru_cache(maxsize=None)
+def signature(op_type: str, domain: str, opset: int):
+    """The ONNX schema of ``op_type`` at ``opset`` as plain data, or None when there is none:
+    ``(inputs, outputs, constraints)``, formal parameters as ``(type_str, variadic)`` and each
+    type parameter -> the type strings it allows. Read once per (op, domain, opset)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, opset, domain)
+    except onnx.defs.SchemaError:
+        return None
+    variadic = onnx.defs.OpSchema.FormalParameterOption.Variadic
+
+    def formals(params):
+        return tuple((p.type_str, p.option == variadic) for p in params)
+
+    constraints = {c.type_param_str: frozenset(c.allowed_type_strs) for c in schema.type_constraints}
+    return formals(schema.inputs), formals(schema.outputs), constraints
