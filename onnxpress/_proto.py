@@ -219,3 +219,14 @@ def signature(op_type: str, domain: str, opset: int):
 
     constraints = {c.type_param_str: frozenset(c.allowed_type_strs) for c in schema.type_constraints}
     return formals(schema.inputs), formals(schema.outputs), constraints
+
+
+def reference_run(source: bytes | str, feeds) -> list[dict[str, np.ndarray]]:
+    """The outputs of the serialised model ``source`` (bytes or a path) on each feed, computed by
+    ``onnx.reference`` (numpy, every ONNX type; slow: for small models a runtime lacks kernels for)."""
+    from onnx.reference import ReferenceEvaluator
+
+    proto = parse(source) if isinstance(source, bytes) else onnx.load(source)
+    evaluator = ReferenceEvaluator(proto)
+    names = [output.name for output in proto.graph.output]
+    return [dict(zip(names, evaluator.run(None, dict(feed)))) for feed in feeds]

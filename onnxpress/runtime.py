@@ -169,6 +169,7 @@ class _Request:
     census: bool = False
     placement: bool = False
     quiet: bool = False
+    reference: bool = False  # run with onnx.reference: the provider has no kernels for the model's types
 
 
 @dataclass
@@ -258,6 +259,8 @@ def _perform(source: bytes | str, request: _Request) -> RunResult:
     """Build one session for ``request`` and do what it asks (in the worker or in-process)."""
     if request.check:
         _check(source)
+    if request.reference:
+        return _perform_reference(source, request)
     result = RunResult()
     with tempfile.TemporaryDirectory(prefix="onnxpress-session-") as folder:
         optimized = str(Path(folder) / "optimized.onnx") if request.census else None
@@ -276,6 +279,27 @@ def _perform(source: bytes | str, request: _Request) -> RunResult:
         if optimized is not None:
             result.census = _census(optimized)
     return result
+
+
+# bfloat16 models on the CPU: ONNX Runtime's CPU provider has no bfloat16 kernels for most ops
+# (Add, MatMul, Gemm, Softmax), so their outputs come from onnx.reference, up to this size.
+REFERENCE_LIMIT_BYTES = 64 * 2**20
+
+
+def computes_in_bfloat16(model: ir.Model) -> bool:
+    """Whether any node of ``model`` (subgraphs included) produces a bfloat16 tensor."""
+    return any(value.dtype == ir.DataType.BFLOAT16 for node in ir.traversal.RecursiveGraphIterator(model.graph)
+               for value in node.outputs)
+
+
+def _perform_reference(source: bytes | str, request: _Request) -> RunResult:
+    """Outputs from ``onnx.reference`` (no session, no timing, kernels or placement)."""
+    if request.timing is not None or request.census or request.placement:
+        raise RunFailed("ONNX Runtime's CPU provider has no bfloat16 kernels: latency, kernels and placement "
+                        "of a bfloat16 model are measured on its target (cuda), not here")
+    outputs = _proto.reference_run(source, request.feeds)
+    keep = len(outputs) if request.keep is None else request.keep
+    return RunResult(outputs=outputs[:keep])
 
 
 def _times(session: Session, feed: Feed, runs: int) -> list[float]:
@@ -491,8 +515,13 @@ class Runner:
         Under limits, checker and ONNX Runtime failures in the worker come back as
         ``CheckFailed`` and ``RunFailed``; limits as ``sandbox.ResourceLimitError``.
         """
-        request = _Request(self.settings, tuple(feeds), keep, check, quick_runs,
-                           Timing.of(self.target) if timing else None, census, placement, quiet)
+        reference = self.settings.cpu_only and computes_in_bfloat16(model)
+        if reference and _proto.weight_bytes(model) > REFERENCE_LIMIT_BYTES:
+            raise RunFailed(f"{what}: ONNX Runtime's CPU provider has no bfloat16 kernels, and the model is too "
+                            f"large for onnx.reference ({_proto.weight_bytes(model) / 2**20:.0f} MB > "
+                            f"{REFERENCE_LIMIT_BYTES // 2**20} MB): check it on its target (cuda)")
+        request = _Request(self.settings, tuple(feeds), keep, check, 0 if reference else quick_runs,
+                           Timing.of(self.target) if timing else None, census, placement, quiet, reference)
         limits = sandbox.current()
         if sandboxed is False or (sandboxed is None and limits is None):
             artefact = self._artefact(model)[1]  # held: its folder (large models) lives while used

@@ -197,3 +197,18 @@ def test_a_pass_note_reaches_the_table_and_the_notes(small_model):
     result = ox.Pipeline([_Noted(factor=1.0001), _ScaleWeights(factor=1.0001)]).run(small_model)
     assert result.notes() == ["noted: a size method on this target"]
     assert result.table().splitlines()[-1] == "note: noted: a size method on this target"
+
+
+def test_a_bfloat16_model_is_checked_with_onnx_reference_on_the_cpu():
+    """ONNX Runtime's CPU provider has no bfloat16 Gemm: the pipeline's checks run onnx.reference,
+    and the outputs still agree with the float32 model's."""
+    from onnxpress import samples
+
+    model = ox.load(samples.DIGITS_MODEL)
+    result = ox.Pipeline([ox.passes.FP16(dtype="bfloat16")], latency_runs=5).run(
+        model, calibration=samples.digits_calibration())
+    record = result.records[0]
+    assert any(n.outputs[0].dtype == ir.DataType.BFLOAT16 for n in result.model.graph)
+    assert record.cosine > 0.999 and record.latency_ms is None  # no timing without a session
+    with pytest.raises(ox.runtime.RunFailed, match="no bfloat16 kernels: latency"):
+        ox.runtime.Runner("cpu").latency(result.model, samples.digits_calibration().take(1)[0])
