@@ -24,7 +24,8 @@ ENTRY_POINT_GROUP = "onnxpress.passes"
 
 _BUILTIN = ("onnxpress.passes.simplify:Simplify", "onnxpress.passes.quantize:Quantize",
             "onnxpress.passes.lowrank:LowRank", "onnxpress.passes.prune:Prune",
-            "onnxpress.passes.distill:Distill")
+            "onnxpress.passes.distill:Distill", "onnxpress.passes.fp16:FP16",
+            "onnxpress.passes.weightonly:WeightOnly")
 
 _extra: dict[str, type] = {}
 

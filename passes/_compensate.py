@@ -17,6 +17,8 @@ as ||x̂·(Ŵ - W*)||² + a constant, so each constrained fit is the same fit of
   saliency w²/[Ĉ⁻¹]ᵢᵢ (or kept as the pass chose it);
 - ``quantized``: the same updates with each weight rounded to its quantization grid instead of
   pruned (GPTQ, Frantar et al. 2023), for int8 weights;
+- ``grouped``: the same with a block-wise grid, one scale and zero point per group of input
+  rows, chosen as the sweep reaches the group (GPTQ with groups; the weightonly pass's int4);
 - ``factored``: truncated SVD of S·W* with S the Cholesky factor of Ĉ, mapped back (the
   anchored refit of SVD-LLM / AA-SVD): the best rank-r weight for the compressed inputs.
 
@@ -437,3 +439,38 @@ def _surgeon(best: np.ndarray, damped: np.ndarray,
         weight[first:last] = block
         weight[last:] -= upper[first:last, last:].T @ errors  # the block's errors, spread onward
     return weight
+
+
+def grouped(best: np.ndarray, damped: np.ndarray, group: int,
+            choose: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], top: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``best`` rounded to a block-wise grid ``(q - zero)·scale`` (q integer in [0, ``top``]) with
+    error feedback over the input rows (GPTQ with groups, Frantar et al. 2023): one scale and
+    zero point per ``group`` consecutive input rows and output column.
+
+    As GPTQ does, a group's grid is chosen when the sweep reaches its first row, by
+    ``choose(rows)`` ([group, N] -> scale [N], zero [N]) from the group's weights as the errors
+    of the rows before left them (rows of the group past the current OBS block, only when
+    ``group`` exceeds ``BLOCK``, are read as they were). Returns the weights, exactly on the grid,
+    and the scales and zero points, each ``[ceil(K / group), N]``.
+    """
+    rows = best.shape[0]
+    count = -(-rows // group)
+    scales = np.ones((count, best.shape[1]))
+    zeros = np.zeros((count, best.shape[1]))
+
+    def prepare(first: int, block: np.ndarray, diagonal: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray]:
+        def constrain(row: int, value: np.ndarray) -> np.ndarray:
+            index = first + row
+            number = index // group
+            if index % group == 0:
+                ahead = block[row:row + group]
+                if ahead.shape[0] < group and first + block.shape[0] < rows:
+                    ahead = np.concatenate([ahead, best[first + block.shape[0]:index + group]])
+                scales[number], zeros[number] = choose(ahead)
+            scale, zero = scales[number], zeros[number]
+            return (np.clip(np.round(value / scale) + zero, 0, top) - zero) * scale
+
+        return constrain
+
+    return _surgeon(best, damped, prepare), scales, zeros
