@@ -23,7 +23,7 @@ import statistics
 import tempfile
 import time
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -286,10 +286,10 @@ def _perform(source: bytes | str, request: _Request) -> RunResult:
 REFERENCE_LIMIT_BYTES = 64 * 2**20
 
 
-def computes_in_bfloat16(model: ir.Model) -> bool:
-    """Whether any node of ``model`` (subgraphs included) produces a bfloat16 tensor."""
-    return any(value.dtype == ir.DataType.BFLOAT16 for node in ir.traversal.RecursiveGraphIterator(model.graph)
-               for value in node.outputs)
+def computes_in(model: ir.Model, dtype: ir.DataType) -> bool:
+    """Whether any node of ``model`` (subgraphs included) other than a Cast produces a ``dtype`` tensor."""
+    return any(value.dtype == dtype for node in ir.traversal.RecursiveGraphIterator(model.graph)
+               if node.op_type != "Cast" for value in node.outputs)
 
 
 def _perform_reference(source: bytes | str, request: _Request) -> RunResult:
@@ -479,6 +479,20 @@ class Runner:
             weakref.finalize(model, _release, key)
         return key, artefact
 
+    def settings_for(self, model: ir.Model, optimization: str | None = None) -> Settings:
+        """The session settings for ``model``: the target's, with ``optimization`` over its level.
+
+        A float16 model on the CPU provider is optimised at most at ``extended``: onnxruntime
+        1.32's CPU provider crashes (segfault) building an ``all``-level session for some float16
+        graphs it has to run between Casts (a Transpose into a float16 MatMul; an LSTM's float16
+        neighbours), and the CPU is where such models are only checked (on the GPU they target,
+        the level stays). Latency figures of float16 models on the CPU carry that level.
+        """
+        level = optimization or self.settings.optimization
+        if self.settings.cpu_only and level == "all" and computes_in(model, ir.DataType.FLOAT16):
+            level = "extended"
+        return self.settings if level == self.settings.optimization else replace(self.settings, optimization=level)
+
     # -- in-process sessions
 
     def session(self, model: ir.Model, *, optimization: str | None = None) -> Session:
@@ -488,8 +502,7 @@ class Runner:
         that fusions would swallow). Such models (with intermediates exposed) are used once:
         their serialised form is not kept.
         """
-        settings = self.settings if optimization is None else Settings(
-            self.settings.providers, self.settings.threads, self.settings.inter_threads, optimization)
+        settings = self.settings_for(model, optimization)
         artefact = self._artefact(model, keep=False)[1]
         session = Session(artefact.source, settings)
         session.artefact = artefact  # a large model's private folder lives as long as the session
@@ -515,12 +528,12 @@ class Runner:
         Under limits, checker and ONNX Runtime failures in the worker come back as
         ``CheckFailed`` and ``RunFailed``; limits as ``sandbox.ResourceLimitError``.
         """
-        reference = self.settings.cpu_only and computes_in_bfloat16(model)
+        reference = self.settings.cpu_only and computes_in(model, ir.DataType.BFLOAT16)
         if reference and _proto.weight_bytes(model) > REFERENCE_LIMIT_BYTES:
             raise RunFailed(f"{what}: ONNX Runtime's CPU provider has no bfloat16 kernels, and the model is too "
                             f"large for onnx.reference ({_proto.weight_bytes(model) / 2**20:.0f} MB > "
                             f"{REFERENCE_LIMIT_BYTES // 2**20} MB): check it on its target (cuda)")
-        request = _Request(self.settings, tuple(feeds), keep, check, 0 if reference else quick_runs,
+        request = _Request(self.settings_for(model), tuple(feeds), keep, check, 0 if reference else quick_runs,
                            Timing.of(self.target) if timing else None, census, placement, quiet, reference)
         limits = sandbox.current()
         if sandboxed is False or (sandboxed is None and limits is None):
@@ -584,7 +597,7 @@ class Runner:
         try:
             artefact = self._artefact(model)[1]
             return int(sandbox.call_fresh("onnxpress.runtime:_peak_memory", artefact.source,
-                                          {k: np.asarray(v) for k, v in feed.items()}, self.settings,
+                                          {k: np.asarray(v) for k, v in feed.items()}, self.settings_for(model),
                                           what="peak memory probe"))
         except (sandbox.SandboxedError, sandbox.ResourceLimitError) as err:
             logger.warning("peak memory not measured: %s", err)

@@ -25,6 +25,9 @@ _MARGIN = 4.0
 # A node a range rule keeps (Exp, variance, sums) is converted on calibration evidence only
 # with more headroom: a square's range grows with the square of its input's.
 _LIFT_MARGIN = 16.0
+# Ops that only move data: converted alone between float32 nodes they would only add Casts.
+_MOVES = frozenset(("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Identity", "Expand",
+                    "Tile", "Concat", "Split", "Pad", "DepthToSpace", "SpaceToDepth"))
 # Ops whose outputs are far smaller than their inputs: a guard's cascade stops at them.
 _SHRINKS = frozenset(("Div", "Log", "Sqrt", "Reciprocal", "Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Erf",
                       "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Sign", "ArgMax", "ArgMin"))
@@ -168,6 +171,7 @@ class FP16(Pass, ir.passes.InPlacePass):
             planner.calibrated(context.statistics(model, limit=self.calibration_samples))
             sources.append("calibration ranges")
         planner.guard()
+        planner.islands()
         planner.decide_casts()
         if self._measuring():
             rounds = planner.measured(self.context)
@@ -358,6 +362,56 @@ class _Planner:
                         self.risky.add(j)
                         queue.append(j)
 
+    def islands(self) -> None:
+        """Keep float32 the data-moving nodes (Transpose, Reshape, Slice, ...) that would be
+        converted alone between float32 nodes: they compute nothing, so converting them only
+        adds a Cast on each side. Connected moving nodes are
+        judged together; constants are neutral, graph inputs and outputs count as float32
+        under ``keep_io_types``."""
+        moving = {i for i in self.converted if self.nodes[i].op_type in _MOVES}
+        seen: set[int] = set()
+        for start in sorted(moving):
+            if start in seen:
+                continue
+            component, frontier = {start}, [start]
+            while frontier:  # the moving nodes connected to ``start`` through float values
+                node = self.nodes[frontier.pop()]
+                neighbours = [v.producer() for v in node.inputs if _is_float(v)] + \
+                    [u.node for v in node.outputs if _is_float(v) for u in v.uses()]
+                for other in neighbours:
+                    j = self.index.get(other)
+                    if j in moving and j not in component:
+                        component.add(j)
+                        frontier.append(j)
+            seen |= component
+            if not any(self._converted_neighbour(self.nodes[i], component) for i in component):
+                for i in component:
+                    self.converted.discard(i)
+                    self.reasons[i] = "moves data between float32 nodes: converting it would only add Casts"
+
+    def _converted_neighbour(self, node: ir.Node, component: set[int]) -> bool:
+        """Whether ``node`` reads from or feeds a converted node outside ``component`` (or a
+        graph input/output that is converted, without ``keep_io_types``)."""
+        for value in node.inputs:
+            if not _is_float(value) or value.is_initializer() or value.const_value is not None:
+                continue
+            producer = value.producer()
+            if producer is None:
+                if not self.owner.keep_io_types and value.is_graph_input():
+                    return True
+            elif producer.op_type != "Constant" and self.index.get(producer) not in component \
+                    and self.index.get(producer) in self.converted:
+                return True
+        for value in node.outputs:
+            if not _is_float(value):
+                continue
+            if value.is_graph_output() and not self.owner.keep_io_types:
+                return True
+            if any(self.index.get(u.node) not in component and self.index.get(u.node) in self.converted
+                   for u in value.uses()):
+                return True
+        return False
+
     def decide_casts(self) -> None:
         """A Cast converts with its neighbours: from float32, when its producer does; to float32,
         when every consumer does (and it feeds no float32 graph output)."""
@@ -431,6 +485,7 @@ class _Planner:
                 break
             self.converted -= set(kept)
             self.reasons.update(kept)
+            self.islands()
             self.decide_casts()
         return rounds
 
