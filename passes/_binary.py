@@ -50,7 +50,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxpress.errors import PassError
-from onnxpress.passes._common import constant
+from onnxpress.passes._common import add_initializer, constant, set_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -296,11 +296,7 @@ def _fit(model: ir.Model, layers: list[_Layer], scales: dict[str, np.ndarray], s
 
 def _hold(graph: ir.Graph, node: ir.Node, array: np.ndarray) -> ir.Value:
     """Give ``node`` (of the student copy) a float weight initializer holding ``array``."""
-    name = f"{node.inputs[1].name}_binary_fit"
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    graph.register_initializer(value)
-    node.replace_input_with(1, value)
-    return value
+    return set_initializer(graph, node, 1, np.ascontiguousarray(array), f"{node.inputs[1].name}_binary_fit")
 
 
 def _no_fit(start: np.ndarray):
@@ -338,9 +334,9 @@ def _store_packed(graph: ir.Graph, layer: _Layer, alpha: np.ndarray, shared: dic
     node, weight = layer.node, layer.weight
     base = node.inputs[1].name or layer.key
     count = weight.size
-    signs = _initializer(graph, f"{base}.binary_signs", pack(layer.signs))
-    scale = _initializer(graph, f"{base}.binary_scale", np.ascontiguousarray(alpha))
-    target = _initializer(graph, f"{base}.binary_shape", np.array(weight.shape, np.int64))
+    signs = add_initializer(graph, f"{base}.binary_signs", pack(layer.signs))
+    scale = add_initializer(graph, f"{base}.binary_scale", np.ascontiguousarray(alpha))
+    target = add_initializer(graph, f"{base}.binary_shape", np.array(weight.shape, np.int64))
     local = [signs, scale, target]
     one = _shared(graph, shared, "binary.one", np.array(1.0, weight.dtype))
     two = _shared(graph, shared, "binary.two", np.array(2.0, weight.dtype))
@@ -364,9 +360,9 @@ def _store_packed(graph: ir.Graph, layer: _Layer, alpha: np.ndarray, shared: dic
     doubled = add("Mul", [upper, two_int], "doubled", ir.DataType.INT32, [rows, 8])
     bits = add("Sub", [lower, doubled], "bits", ir.DataType.INT32, [rows, 8])  # ⌊b/2^i⌋ - 2⌊b/2^(i+1)⌋: bit i
     if rows * 8 != count:  # padding bits at the end of the last byte: cut after flattening
-        flat = _initializer(graph, f"{base}.binary_flat", np.array([-1], np.int64))
-        starts = _initializer(graph, f"{base}.binary_starts", np.array([0], np.int64))
-        ends = _initializer(graph, f"{base}.binary_ends", np.array([count], np.int64))
+        flat = add_initializer(graph, f"{base}.binary_flat", np.array([-1], np.int64))
+        starts = add_initializer(graph, f"{base}.binary_starts", np.array([0], np.int64))
+        ends = add_initializer(graph, f"{base}.binary_ends", np.array([count], np.int64))
         local += [flat, starts, ends]
         everything = add("Reshape", [bits, flat], "flattened", ir.DataType.INT32, [rows * 8])
         bits = add("Slice", [everything, starts, ends], "trimmed", ir.DataType.INT32, [count])
@@ -383,8 +379,8 @@ def _store_int8(graph: ir.Graph, layer: _Layer, alpha: np.ndarray, shared: dict[
     """Below opset 10: the signs as int8 ±1, Cast to float and scaled."""
     node, weight = layer.node, layer.weight
     base = node.inputs[1].name or layer.key
-    signs = _initializer(graph, f"{base}.binary_signs", layer.signs.astype(np.int8))
-    scale = _initializer(graph, f"{base}.binary_scale", np.ascontiguousarray(alpha))
+    signs = add_initializer(graph, f"{base}.binary_signs", layer.signs.astype(np.int8))
+    scale = add_initializer(graph, f"{base}.binary_scale", np.ascontiguousarray(alpha))
     dtype = ir.DataType.from_numpy(weight.dtype)
     prefix = node.name or layer.key
     sign = ir.Value(name=f"{base}.binary_sign", type=ir.TensorType(dtype), shape=ir.Shape(list(weight.shape)))
@@ -409,20 +405,9 @@ def _replace(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], expanded: ir.
         graph.initializers.pop(old.name)
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """A new initializer named ``name`` (a suffix added while the name is taken)."""
-    base, suffix = name, 0
-    while name in graph.initializers:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
-
-
 def _shared(graph: ir.Graph, shared: dict[str, ir.Value], name: str, array: np.ndarray) -> ir.Value:
     """One initializer per call for the constants every expansion reads."""
     key = f"{name}:{array.dtype}"
     if key not in shared:
-        shared[key] = _initializer(graph, name, array)
+        shared[key] = add_initializer(graph, name, array)
     return shared[key]

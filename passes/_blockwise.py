@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress.passes._common import add_initializer
+
 logger = logging.getLogger(__name__)
 
 HQQ_LP_NORM = 0.7  # HQQ's defaults (Badri & Shaji 2023, and their reference code)
@@ -242,17 +244,6 @@ def gather_inputs(grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
 
 
 # ------------------------------------------------------------------------------- nodes
-
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Register ``array`` as a new initializer under ``name`` (suffixed while taken)."""
-    base, suffix = name, 0
-    while name in graph.initializers:
-        suffix += 1
-        name = f"{base}_{suffix}"
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
-
 
 def to_matmulnbits(graph: ir.Graph, node: ir.Node, grid: Grid, *, accuracy_level: int,
                    bias_add: ir.Node | None = None) -> ir.Node:

@@ -42,14 +42,20 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
     return tensor.numpy() if tensor is not None else None
 
 
-def set_initializer(graph: ir.Graph, node: ir.Node, index: int, array, name: str) -> ir.Value:
-    """Give ``node`` a new initializer input (the old one is left for dead-code removal)."""
+def add_initializer(graph: ir.Graph, name: str, array) -> ir.Value:
+    """Register ``array`` as a new initializer under ``name`` (suffixed while the name is taken)."""
     base, suffix = name, 0
     while name in graph.initializers:
         suffix += 1
         name = f"{base}_{suffix}"
     value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
     graph.register_initializer(value)
+    return value
+
+
+def set_initializer(graph: ir.Graph, node: ir.Node, index: int, array, name: str) -> ir.Value:
+    """Give ``node`` a new initializer input (the old one is left for dead-code removal)."""
+    value = add_initializer(graph, name, array)
     node.replace_input_with(index, value)
     return value
 

@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from onnxpress.context import Pass, PassResult
 from onnxpress.passes import _blockwise, _weightfit
-from onnxpress.passes._common import constant, reject_option
+from onnxpress.passes._common import add_initializer, constant, reject_option
 from onnxpress.passes._weightfit import Entry
 
 logger = logging.getLogger(__name__)
@@ -429,13 +429,13 @@ def _gemm_as_matmul(model: ir.Model, gemm: ir.Node) -> str | None:
         weight = weight.T
     weight = np.ascontiguousarray(weight * gemm.attributes.get_float("alpha", 1.0)).astype(np.float32)
     name = gemm.name
-    w = _blockwise.add_initializer(model.graph, f"{name}_weight", weight)
+    w = add_initializer(model.graph, f"{name}_weight", weight)
     matmul = ir.node("MatMul", [gemm.inputs[0], w], name=name)
     new_nodes, result = [matmul], matmul.outputs[0]
     bias_name = None
     if len(gemm.inputs) > 2 and gemm.inputs[2] is not None:
         bias = (constant(gemm.inputs[2]).reshape(-1) * gemm.attributes.get_float("beta", 1.0)).astype(np.float32)
-        c = _blockwise.add_initializer(model.graph, f"{name}_bias", bias)
+        c = add_initializer(model.graph, f"{name}_bias", bias)
         bias_name = f"{name}_bias_add"
         add = ir.node("Add", [result, c], name=bias_name)
         matmul.outputs[0].name = f"{gemm.outputs[0].name}_matmul"
