@@ -485,8 +485,10 @@ class Runner:
         A float16 model on the CPU provider is optimised at most at ``extended``: onnxruntime
         1.32's CPU provider crashes (segfault) building an ``all``-level session for some float16
         graphs it has to run between Casts (a Transpose into a float16 MatMul; an LSTM's float16
-        neighbours), and the CPU is where such models are only checked (on the GPU they target,
-        the level stays). Latency figures of float16 models on the CPU carry that level.
+        neighbours; reported upstream for fp16 models on the CPU provider at that level:
+        microsoft/onnxruntime#15494, #26717), and the CPU is where such models are only checked
+        (on the GPU they target, the level stays). Latency figures of float16 models on the CPU
+        carry that level.
         """
         level = optimization or self.settings.optimization
         if self.settings.cpu_only and level == "all" and computes_in(model, ir.DataType.FLOAT16):
