@@ -68,3 +68,13 @@ def ort_run(model: ir.Model, feed: dict) -> list[np.ndarray]:
 
 def onnx_check(model: ir.Model) -> None:
     onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits CNN, its calibration feeds, and the held-out feeds with their labels."""
+    import onnxpress as ox
+    from onnxpress import samples
+
+    data, labels = samples.digits_eval()
+    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 
 import onnxpress as ox
-from onnxpress import runtime, samples
+from onnxpress import runtime
 from onnxpress.errors import PassError
 from onnxpress.metrics import accuracy
 from onnxpress.passes import _binary
@@ -259,12 +259,6 @@ def test_an_unknown_scale_is_refused():
 
 
 # ----------------------------------------------------------------------------- digits CNN
-
-@pytest.fixture(scope="module")
-def digits():
-    data, labels = samples.digits_eval()
-    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
-
 
 def test_digits_accuracy_drops_and_the_optimal_scale_wins_back_part(digits):
     model, calibration, data, labels = digits

@@ -5,7 +5,7 @@ import onnx_ir as ir
 import pytest
 
 import onnxpress as ox
-from onnxpress import runtime, samples
+from onnxpress import runtime
 from onnxpress.calibration import from_feeds
 from onnxpress.context import PassContext
 from onnxpress.metrics import accuracy
@@ -373,12 +373,6 @@ def test_bfloat16_checked_with_the_onnx_reference():
     got = ReferenceEvaluator(ir.serde.serialize_model(result.model)).run(None, feed)[0]
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, ort_run(model, feed)[0], atol=0.08)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data, labels = samples.digits_eval()
-    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
 
 
 def test_digits_cnn_keeps_its_accuracy(digits):

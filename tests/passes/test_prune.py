@@ -3,16 +3,10 @@ import onnx_ir as ir
 import pytest
 
 import onnxpress as ox
-from onnxpress import runtime, samples
+from onnxpress import runtime
 from onnxpress.metrics import accuracy
 
 from conftest import onnx_check, ort_run
-
-
-@pytest.fixture(scope="module")
-def digits():
-    data, labels = samples.digits_eval()
-    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
 
 
 def _weights(model: ir.Model) -> dict[str, np.ndarray]:

@@ -40,12 +40,6 @@ def _sequence_feeds(count: int, seed: int = 0) -> list[dict]:
     return [{"x": rng.standard_normal((1, int(rng.integers(3, 12)), 16)).astype(np.float32)} for _ in range(count)]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    data, labels = samples.digits_eval()
-    return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
-
-
 def _ops(model: ir.Model) -> set[str]:
     return {n.op_type for n in model.graph.all_nodes()}
 
