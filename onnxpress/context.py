@@ -228,6 +228,14 @@ class Pass(ir.passes.PassBase):
         floor (quantize: keep the nodes that cost most in float)."""
         return None
 
+    def with_options(self, **changes: Any) -> Pass:
+        """A new pass of this class with this one's options, ``changes`` over them (what a
+        ``remedy`` returns). Options are kept as public attributes of the same names (STYLE.md)."""
+        from onnxpress import registry
+
+        options = {name: getattr(self, name) for name in registry.options(type(self))}
+        return type(self)(**{**options, **changes})
+
     def run_in(self, context: PassContext | None, model: ir.Model) -> ir.passes.PassResult:
         """Run the pass on ``model`` with ``context`` bound for the duration of the call."""
         self._context = context

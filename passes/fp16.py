@@ -138,10 +138,7 @@ class FP16(Pass, ir.passes.InPlacePass):
         """The same conversion with every node measured, at a tenth of the tolerance."""
         if self.measure is True and self.tolerance <= 1e-4:
             return None
-        from onnxpress import registry
-
-        options = {name: getattr(self, name) for name in registry.options(type(self))}
-        return type(self)(**{**options, "measure": True, "tolerance": max(1e-4, self.tolerance / 10)})
+        return self.with_options(measure=True, tolerance=max(1e-4, self.tolerance / 10))
 
     # ------------------------------------------------------------------------------- call
 

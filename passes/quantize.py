@@ -174,11 +174,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         aim = floor + (1.0 - floor) * _FLOOR_MARGIN
         if self.target_cosine is not None and self.target_cosine >= aim:
             return None  # it already aimed at least that high
-        from onnxpress import registry
-
-        # Options are kept as public attributes of the same names (STYLE.md).
-        options = {name: getattr(self, name) for name in registry.options(type(self))}
-        return type(self)(**{**options, "target_cosine": aim})
+        return self.with_options(target_cosine=aim)
 
     def _accuracy_target(self) -> bool:
         return self.target_cosine is not None or self.max_metric_drop is not None

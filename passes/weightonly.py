@@ -136,10 +136,7 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         budget = (1.0 - floor) * (1.0 - _FLOOR_MARGIN)
         if self.bits != 4 or budget <= 0 or (self.error_budget is not None and self.error_budget <= budget):
             return None
-        from onnxpress import registry
-
-        options = {name: getattr(self, name) for name in registry.options(type(self))}
-        return type(self)(**{**options, "error_budget": budget})
+        return self.with_options(error_budget=budget)
 
     def _resolved_algorithm(self) -> str:
         if self.algorithm != "auto":
