@@ -9,22 +9,29 @@ outputs beyond a tight tolerance.
 Under ``sandbox.limited`` (always in the CLI) those checks run in the limited worker, and
 before any pass the input model runs there on every calibration and evaluation feed: the
 passes' in-process runs of it then only repeat what is proven to end within the limits.
+
+With a ``cache`` (``onnxpress.cache.Cache``) a pass whose result is already stored under the same
+input model, configuration, data, library versions, target and seed is not run again: its stored
+model, ``modified`` and statistics are used (``statistics["cached"]`` is True), and the checks,
+accuracy comparison and floor after it run as for a fresh result.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxpress import _proto, runtime, sandbox
+from onnxpress.cache import Cache, data_digest, make_key, model_digest, pass_config, versions
 from onnxpress.calibration import Calibration, from_feeds
-from onnxpress.context import Metric, Pass, PassContext, pass_name, pass_statistics
-from onnxpress.errors import AccuracyFloorError, DataError, OnnxpressError, PassError, PipelineError
+from onnxpress.context import Metric, Pass, PassContext, PassResult, pass_name, pass_statistics
+from onnxpress.errors import (AccuracyFloorError, DataError, ModelError, OnnxpressError, PassError,
+                              PipelineError)
 from onnxpress.feeds import check_feed, declare_ranks, random_feeds, unshaped_inputs
 from onnxpress.metrics import COSINE, RELATIVE_ERROR, ErrorStats, compare
 from onnxpress.modelinfo import format_bytes, node_count, parameter_count
@@ -157,13 +164,21 @@ class Pipeline:
             float); if it is still below, the run fails with ``AccuracyFloorError``. None: the target
             profile's cosine tolerance when a target is named (recipes always name one, ``cpu``
             by default), else no floor; 0 turns it off.
+        cache: where pass results are reused and stored (``onnxpress.cache.Cache``), or None.
+            A result is keyed by the full digests of the pass's input model, its options, the
+            calibration and evaluation data, the pipeline's input model (the teacher), the library
+            versions, the target profile's resolved settings and ``seed``. Passes whose options
+            have no canonical form (``cache.pass_config`` gives None), and runs given a ``metric``
+            (a callable cannot be keyed), run uncached.
+        seed: part of every cache key: runs that differ only in seed (a search's trials) never
+            share results.
     """
 
     def __init__(self, passes: Sequence[ir.passes.PassBase], *, check: bool = True, golden_samples: int = 4,
                  lossless_rtol: float = 1e-4, lossless_atol: float = 1e-5, latency_runs: int = 10,
                  calibration: Any = None, evaluation: Any = None, target: str | None = None,
                  input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 accuracy_floor: float | None = None) -> None:
+                 accuracy_floor: float | None = None, cache: Cache | None = None, seed: int = 0) -> None:
         if golden_samples < 0:
             raise ValueError(f"pipeline: golden_samples must be >= 0, got {golden_samples}")
         if latency_runs < 0:
@@ -184,12 +199,16 @@ class Pipeline:
         if accuracy_floor is not None and not 0.0 <= accuracy_floor <= 1.0:
             raise ValueError(f"pipeline: accuracy_floor must be in [0, 1], got {accuracy_floor}")
         self.accuracy_floor = accuracy_floor
+        self.cache = cache
+        self.seed = seed
 
     @classmethod
-    def from_recipe(cls, recipe: str | os.PathLike | Any) -> "Pipeline":
+    def from_recipe(cls, recipe: str | os.PathLike | Any, *, cache: Cache | None = None,
+                    seed: int = 0) -> "Pipeline":
         """The pipeline a TOML recipe describes (a path, or a ``Recipe`` already parsed).
 
         The one builder of pipelines from recipes: the CLI and the Python API use it alike.
+        ``cache`` and ``seed`` are passed to the pipeline.
         """
         from onnxpress.recipe import Recipe, load_recipe
 
@@ -199,7 +218,8 @@ class Pipeline:
         options.setdefault("accuracy_floor", None)
         target = parsed.target or "cpu"  # a recipe's floor comes from its target's tolerances
         return cls(parsed.passes, calibration=_Source(parsed.calibration, base, "calibration"),
-                   evaluation=_Source(parsed.evaluation, base, "evaluation"), target=target, **options)
+                   evaluation=_Source(parsed.evaluation, base, "evaluation"), target=target, cache=cache,
+                   seed=seed, **options)
 
     @staticmethod
     def pass_name(item: ir.passes.PassBase) -> str:
@@ -263,6 +283,9 @@ class Pipeline:
             input_latency = checked.quick_latency_ms
         floor = self._floor(runner, source, context, golden_feeds)  # runs the input model: after its proof
         current = source.clone()
+        parts = self._cache_parts(runner, context, current, metric)
+        # The digest of ``current`` when known: the output digest of one pass is the next one's input.
+        digest = parts["teacher"] if parts is not None else None
         records = []
         total = len(self.passes)
         for index, item in enumerate(self.passes):
@@ -277,8 +300,9 @@ class Pipeline:
             # A lossy pass followed by one that recovers (distill) is judged after the recovery.
             deferred = held and index + 1 < total and getattr(self.passes[index + 1], "recovers", False)
             previous = current.clone() if held and item.in_place else current
+            digest_in = digest  # the remedy runs on the same input
             try:
-                result = item.run_in(context, current) if isinstance(item, Pass) else item(current)
+                result, produced = self._apply(item, context, current, digest, parts)
             except PassError:
                 raise
             except ir.passes.PreconditionError as err:
@@ -288,7 +312,7 @@ class Pipeline:
             except ir.passes.PassError as err:
                 raise PipelineError(f"pass '{name}' failed: {err}") from err
             seconds = time.perf_counter() - start
-            current = result.model
+            current, digest = result.model, produced
             record = PassRecord(
                 name=name, seconds=seconds, modified=result.modified,
                 nodes_before=before[0], nodes_after=node_count(current),
@@ -317,7 +341,16 @@ class Pipeline:
                     return again, (None if golden_outputs is None
                                    else self._compare(golden_outputs, again.outputs, name))
 
-                current, record = floor.hold(item, name, context, previous, current, record, recheck)
+                remedied: list = []
+
+                def apply(remedy: Pass, model: ir.Model, before: str | None = digest_in) -> ir.passes.PassResult:
+                    outcome, out = self._apply(remedy, context, model, before, parts)
+                    remedied[:] = [outcome.model, out]
+                    return outcome
+
+                current, record = floor.hold(item, name, context, previous, current, record, recheck, apply)
+                if remedied and current is remedied[0]:
+                    digest = remedied[1]
                 if not record.floor["met"]:
                     records.append(record)
                     raise AccuracyFloorError(
@@ -329,6 +362,62 @@ class Pipeline:
             if progress:
                 progress(ProgressEvent(index, total, name, record))
         return PipelineResult(current, records, golden_source, golden_note, input_latency, runner.target.name)
+
+    def _cache_parts(self, runner: runtime.Runner, context: PassContext, model: ir.Model,
+                     metric: Metric | None) -> dict[str, Any] | None:
+        """What every cache key of this run holds besides the pass and its input model, or None
+        when this run does not use the cache. ``teacher`` is the digest of ``model``, the
+        pipeline's input (``distill`` learns from it)."""
+        if self.cache is None:
+            return None
+        if metric is not None:
+            logger.info("cache: not used: a task metric is given, and a callable cannot be keyed")
+            return None
+        start = time.perf_counter()
+        parts = {"teacher": model_digest(model), "calibration": data_digest(context.calibration),
+                 "evaluation": data_digest(context.evaluation), "versions": versions(),
+                 "target": _target_part(runner), "seed": self.seed}
+        logger.debug("cache: run digests in %.3fs (input model %s)", time.perf_counter() - start, parts["teacher"])
+        return parts
+
+    def _apply(self, item: ir.passes.PassBase, context: PassContext, model: ir.Model, digest: str | None,
+               parts: dict[str, Any] | None) -> tuple[ir.passes.PassResult, str | None]:
+        """Run ``item`` on ``model`` through the cache, when this run uses one and the pass has a
+        canonical configuration: returns the result and the digest of its model (None when not
+        computed). ``digest`` is ``model``'s digest, if known."""
+        config = pass_config(item) if parts is not None else None
+        if config is None:
+            result = item.run_in(context, model) if isinstance(item, Pass) else item(model)
+            _type_initializers(result.model)
+            return result, None
+        assert self.cache is not None
+        if digest is None:
+            digest = model_digest(model)
+        key = make_key(kind="pass", model=digest, config=config, **parts)
+        found = self.cache.get_model(key)
+        if found is not None:
+            cached, meta = found
+            if isinstance(meta, dict) and isinstance(meta.get("statistics"), dict) and \
+                    isinstance(meta.get("digest"), str) and isinstance(meta.get("modified"), bool):
+                logger.debug("cache: hit for pass %s (%s)", config["pass"], key)
+                return PassResult(cached, modified=meta["modified"],
+                                  statistics={**meta["statistics"], "cached": True}), meta["digest"]
+            logger.warning("cache: entry %s holds no pass result: recomputed", key)
+        result = item.run_in(context, model) if isinstance(item, Pass) else item(model)
+        _type_initializers(result.model)
+        start = time.perf_counter()
+        produced = model_digest(result.model)
+        statistics = _json_safe(pass_statistics(result))
+        if statistics is _UNSAFE:
+            logger.debug("cache: pass %s statistics are not JSON data: not stored", config["pass"])
+            return result, produced
+        try:
+            self.cache.put_model(key, result.model, {"pass": config["pass"], "modified": bool(result.modified),
+                                                     "statistics": statistics, "digest": produced})
+        except (OSError, ModelError) as err:
+            logger.warning("cache: result of pass %s not stored: %s", config["pass"], err)
+        logger.debug("cache: stored pass %s (%s) in %.3fs", config["pass"], key, time.perf_counter() - start)
+        return result, produced
 
     def _floor(self, runner: runtime.Runner, source: ir.Model, context: PassContext,
                golden_feeds: list) -> _Floor | None:
@@ -415,6 +504,25 @@ class Pipeline:
                     f"{stats.max_abs:.3g} > {limit:.3g} (cosine {stats.cosine:.6f})")
 
 
+def _type_initializers(model: ir.Model) -> None:
+    """Give every initializer the type and shape of its tensor where a pass left them unset.
+
+    Passes register new weights as bare values; a saved and loaded model has them typed (and
+    serialises them with their ``value_info``). Typing them after each pass makes a pass's
+    result the same model, byte for byte, whether it was computed or read back from the cache
+    or a file: what the cache's digests and ``replay``'s bit-identical check rest on.
+    """
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None:
+                continue
+            if value.type is None:
+                value.type = ir.TensorType(tensor.dtype)
+            if value.shape is None:
+                value.shape = ir.Shape(tensor.shape)
+
+
 # Held-out feeds the accuracy floor is measured on, at most.
 _FLOOR_SAMPLES = 32
 
@@ -455,9 +563,10 @@ class _Floor:
         return f"{measured['where']} {measured['judged']} < floor {self.value:g}"
 
     def hold(self, item, name: str, context: PassContext, previous: ir.Model, current: ir.Model,
-             record: PassRecord, recheck) -> tuple[ir.Model, PassRecord]:
-        """Check ``current``; below the floor, run the pass's remedy on ``previous`` and keep it if
-        it does better. Returns the model to go on with and its record (``record.floor`` says)."""
+             record: PassRecord, recheck, apply) -> tuple[ir.Model, PassRecord]:
+        """Check ``current``; below the floor, run the pass's remedy on ``previous`` (through
+        ``apply(remedy, model)``, the pipeline's cached runner) and keep it if it does better.
+        Returns the model to go on with and its record (``record.floor`` says)."""
         record.floor = first = self.measure(current)
         if first["met"]:
             return current, record
@@ -466,7 +575,7 @@ class _Floor:
             first["reason"] = f"{self._below(first)} on {self.data}; the pass has no remedy"
             return current, record
         context.say(f"{self._below(first)}: trying its remedy")
-        result = remedy.run_in(context, previous)
+        result = apply(remedy, previous)
         second = self.measure(result.model)
         if second["cosine"] < first["cosine"]:
             first["reason"] = (f"{self._below(first)} on {self.data}; its remedy did worse "
@@ -483,6 +592,37 @@ class _Floor:
             second["reason"] = (f"{self._below(second)} on {self.data}, even after its remedy (before it: "
                                 f"{first['where']} {first['judged']})")
         return result.model, record
+
+
+def _target_part(runner: runtime.Runner) -> dict[str, Any]:
+    """The target of a cache key: the profile's name and the digest of its resolved settings (every
+    field but its file's path, and the instruction set ``isa = "host"`` resolves to here)."""
+    from onnxpress.hardware import quantization_defaults_for
+
+    settings = {f.name: getattr(runner.target, f.name) for f in fields(runner.target) if f.name != "path"}
+    settings["isa_resolved"] = quantization_defaults_for(runner.target.isa).to_dict()
+    return {"name": runner.target.name, "digest": make_key(**settings)}
+
+
+_UNSAFE = object()
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as JSON data (numpy scalars and arrays as Python values, tuples as lists, number
+    keys as strings), or ``_UNSAFE``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        items = [_json_safe(v) for v in value]
+        return _UNSAFE if any(v is _UNSAFE for v in items) else items
+    if isinstance(value, dict) and all(isinstance(k, (str, int, float)) for k in value):
+        items = {str(k): _json_safe(v) for k, v in value.items()}
+        return _UNSAFE if any(v is _UNSAFE for v in items.values()) else items
+    return _UNSAFE
 
 
 @dataclass(frozen=True)

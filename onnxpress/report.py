@@ -39,6 +39,7 @@ class ValidationReport:
     layerwise: dict[str, Any] | None = None
     hardware: dict[str, Any] | None = None
     bundle: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
 
     @property
     def speedup(self) -> float | None:
@@ -55,7 +56,7 @@ class ValidationReport:
             "latency": {k: v.to_dict() for k, v in self.latency.items()}, "speedup": self.speedup,
             "size": self.size, "peak_memory": self.peak_memory, "unplaced": self.unplaced,
             "notes": self.notes, "pipeline": self.pipeline, "layerwise": self.layerwise,
-            "hardware": self.hardware, "bundle": self.bundle,
+            "hardware": self.hardware, "bundle": self.bundle, "search": self.search,
         }
 
     def to_json(self) -> str:
@@ -255,6 +256,75 @@ def line_chart(title: str, labels: Sequence[str], values: Sequence[float], unit:
             f'<figcaption>{_e(title)}</figcaption></figure>')
 
 
+def scatter_chart(title: str, points: Sequence[tuple[str, float, float, bool]], x_unit: str, y_unit: str,
+                  css_id: str, width: int = 620, height: int = 340) -> str:
+    """An SVG scatter of ``(label, x, y, highlighted)`` points (the optimizer's candidates)."""
+    left, bottom, top, right = 64, 46, 34, 16
+    plot_w, plot_h = width - left - right, height - bottom - top
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    x_low, x_high = min(xs), max(xs)
+    y_low, y_high = min(ys), max(ys)
+    x_span, y_span = (x_high - x_low) or 1.0, (y_high - y_low) or 1.0
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return left + plot_w * (x - x_low) / x_span, top + plot_h * (1 - (y - y_low) / y_span)
+
+    dots = []
+    for label, x, y, marked in points:
+        cx, cy = at(x, y)
+        colour = "#c0392b" if marked else "#3b6fb6"
+        dots.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if marked else 4}" fill="{colour}">'
+                    f'<title>{_e(label)}: {x:.4g} {_e(x_unit)}, {y:.6g} {_e(y_unit)}</title></circle>')
+        if marked:
+            dots.append(f'<text x="{cx:.1f}" y="{cy - 10:.1f}" font-size="11" fill="{colour}" '
+                        f'text-anchor="middle">{_e(label)}</text>')
+    axis = (f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>'
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>'
+            f'<text x="{left}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle">{x_low:.4g}</text>'
+            f'<text x="{left + plot_w}" y="{top + plot_h + 16}" font-size="11" text-anchor="middle">{x_high:.4g}</text>'
+            f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">{_e(x_unit)}</text>'
+            f'<text x="{left - 6}" y="{top + 4}" font-size="11" text-anchor="end">{y_high:.6g}</text>'
+            f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end">{y_low:.6g}</text>'
+            f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
+            f'text-anchor="middle">{_e(y_unit)}</text>')
+    return (f'<figure><svg id="{css_id}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{height}" role="img" aria-label="{_e(title)}"><text x="{width / 2}" y="18" font-size="13" '
+            f'text-anchor="middle" font-weight="600">{_e(title)}</text>{axis}{"".join(dots)}</svg>'
+            f'<figcaption>{_e(title)}</figcaption></figure>')
+
+
+def _search_section(search: dict) -> str:
+    """The optimizer's candidates, its Pareto front (plots), and the decision per layer."""
+    done = [c for c in search["candidates"] if c["score"] is not None]
+    rows = [("*" if c["name"] == search["best"] else "", c["name"], c["origin"], f"{c['score']:.6f}",
+             "-" if c["metric"] is None else f"{c['metric']:.4f}", f"{c['latency_ms']:.3f} ms",
+             f"{c['size'] / 2**20:.3f} MB", "yes" if c["meets"] else "no", "yes" if c["name"] in search["pareto"] else "",
+             f"{c['seconds']:.1f} s" + (" (cached)" if c["cached"] else "")) for c in done]
+    rows += [("", c["name"], c["origin"], "-", "-", "-", "-", "error", "", c["error"]) for c in search["candidates"]
+             if c["score"] is None]
+    parts = [f"<h2>Search</h2><p>Budget: {_e(search['budget']['text'])} on {_e(search['budget']['data'])}; "
+             f"objective {_e(search['objective'])}; chosen <b>{_e(search['best'] or 'none')}</b>; search wall time "
+             f"{search['seconds']:.1f} s ({_e(search['stopped'])}).</p>",
+             _table(("", "candidate", "origin", "score", "metric", "latency", "size", "meets budget", "Pareto",
+                     "time"), rows, "search-table")]
+    if done:
+        points = [(c["name"], c["latency_ms"], c["score"], c["name"] == search["best"]) for c in done]
+        sizes = [(c["name"], c["size"] / 2**20, c["score"], c["name"] == search["best"]) for c in done]
+        parts.append('<div class="plots">' + scatter_chart("Candidates: accuracy vs latency", points,
+                                                           "latency (ms, median on the target)", "score",
+                                                           "plot-pareto-latency")
+                     + scatter_chart("Candidates: accuracy vs size", sizes, "weights (MB)", "score",
+                                     "plot-pareto-size") + "</div>")
+    if search["layers"]:
+        parts.append("<h3>Decision per layer</h3>" + _table(
+            ("layer", "op", "parameters", "decision", "local error", "sensitivity", "predicted drop", "saves", "why"),
+            [(r["layer"], r["op"], f"{r['params']:,}", r["decision"], r["local_error"], r["gain"],
+              r["predicted_drop"], f"{r['value']} {r['unit']}", r["why"]) for r in search["layers"]],
+            "layers-table"))
+    parts.append(f"<h3>Recipe</h3><pre>{_e(search['recipe'])}</pre>")
+    return "".join(parts)
+
+
 def _pipeline_section(pipeline: dict) -> str:
     records = pipeline["records"]
     rows = []
@@ -316,6 +386,8 @@ def render_html(report: ValidationReport) -> str:
             parts.append(f"<p>Top-1 agreement: {report.top1_agreement:.4f}</p>")
     if report.pipeline:
         parts.append(_pipeline_section(report.pipeline))
+    if report.search:
+        parts.append(_search_section(report.search))
     if report.layerwise and report.layerwise["layers"]:
         layers = report.layerwise["layers"]
         jump = report.layerwise["first_jump"]
