@@ -6,6 +6,7 @@ verdict exits with code 1. ``--debug`` shows tracebacks.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -66,6 +67,31 @@ def _cmd_targets(args) -> int:
         profile = targets.load(path)
         print(f"{name:<8} {', '.join(profile.providers):<24} {profile.description}")
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from onnxpress.cache import default_folder
+    from onnxpress.sweep import sweep
+
+    cache_folder = None if args.no_cache else str(args.cache_dir or default_folder())
+    result = sweep(args.models, args.recipes, target=args.target, data=args.data, workers=args.workers,
+                   address=args.ray_address, out=args.out, cache_folder=cache_folder, progress=_err)
+    print(result.to_json() if args.json else result.table())
+    if result.out_folder is not None:
+        _err(f"output models: {result.out_folder}")
+    # A floor failure is a result (a row); a cell whose pipeline could not run is not.
+    return EXIT_FAILED_VERDICT if any(row["status"].startswith("error") for row in result.rows) else 0
+
+
+def _workers(text: str) -> int:
+    """argparse type of ``--workers``: a count >= 0 (0: one per core)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--workers must be >= 0 (0: one per core), got {value}")
+    return value
 
 
 def _data(path: str | None, model):
@@ -131,6 +157,22 @@ def _cmd_validate(args) -> int:
     return 0 if report.passed else EXIT_FAILED_VERDICT
 
 
+def _cmd_replay(args) -> int:
+    from onnxpress.lockfile import read_lock, replay
+
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        source = read_lock(args.lock).input_path
+        if source is not None and output.exists() and output.resolve() == source.resolve():
+            raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
+    result = replay(args.lock, output=output, progress=_progress)
+    for line in result.lines():
+        print(line)
+    if result.output is not None:
+        print(f"saved {result.output}")
+    return 0 if result.reproduced else EXIT_FAILED_VERDICT
+
+
 def _generated(model, shapes):
     from onnxpress.feeds import random_feeds
 
@@ -194,10 +236,13 @@ def _cmd_run(args) -> int:
         save(err.result.model, output, external_data=True if args.external_data else None)
         _err(f"onnxpress: {err}")
         _err(f"saved {output} anyway (--keep-failed): it is below the accuracy floor")
+        _write_run_lock(args, recipe, pipeline, model, calibration, err.result.model,
+                        note=f"kept below the accuracy floor (--keep-failed): {err}")
         return EXIT_FAILED_VERDICT
     print(result.table())
     save(result.model, output, external_data=True if args.external_data else None)
     print(f"saved {output}")
+    _write_run_lock(args, recipe, pipeline, model, calibration, result.model)
     if target is None:
         return 0
     from onnxpress.validate import validate
@@ -211,6 +256,34 @@ def _cmd_run(args) -> int:
     _print_report(report, False)
     _write_report(report, args.report)
     return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _write_run_lock(args, recipe, pipeline, model, calibration, result, *, note: str = "") -> None:
+    """Write OUT.lock.toml for ``run``: ``calibration`` is what ``pipeline.run`` received (after
+    any held-out split), and its source the ``--calibration`` path or the recipe's."""
+    import shlex
+
+    from onnxpress.calibration import DataSource
+    from onnxpress.errors import RecipeError
+    from onnxpress.lockfile import lock_run
+
+    recipe_base = recipe.path.parent if recipe.path is not None else None
+    if args.calibration:
+        source, base = DataSource.from_path(args.calibration), None
+    else:
+        source, base = recipe.calibration, recipe_base
+    evaluation = recipe.evaluation
+    if evaluation is not None and recipe_base is not None and not evaluation.source.is_absolute():
+        evaluation = dataclasses.replace(evaluation, source=recipe_base / evaluation.source)
+    try:
+        path = lock_run(Path(args.output), pipeline, model=model, input_path=Path(args.model), result=result,
+                        calibration=calibration, calibration_source=source, evaluation_source=evaluation, base=base,
+                        command=shlex.join(["onnxpress", *getattr(args, "argv", [])]),
+                        description=recipe.description, note=note, below_floor=bool(note))
+    except RecipeError as err:  # a pass whose options a recipe cannot hold: the model is saved all the same
+        _err(f"onnxpress: warning: no lockfile written: {err}")
+        return
+    print(f"lockfile: {path}")
 
 
 def _verdict_data(args, pipeline, model, calibration):
@@ -244,6 +317,68 @@ def _cmd_demo(args) -> int:
     _print_report(report, False)
     _write_report(report, args.out)
     return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _cmd_optimize(args) -> int:
+    from onnxpress.cache import Cache
+    from onnxpress.io import load, save
+    from onnxpress.optimize import optimize
+    from onnxpress.validate import validate
+
+    source, output = Path(args.model), Path(args.output)
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
+    if args.max_drop is not None and args.labels is None:
+        raise OnnxpressError("optimize: --max-drop needs --labels KEY (the labels in the --data file)")
+    model = load(str(source))
+    calibration = _data(args.calibration, model)
+    data = _data(args.data, model) if args.data else None
+    metric = _labels(args.data, args.labels) if args.labels else None
+    cache = None if args.no_cache else Cache(args.cache_dir, max_bytes=int(args.cache_size_gb * 2**30))
+    result = optimize(model, target=args.target, calibration=calibration, data=data, min_cosine=args.min_cosine,
+                      max_drop=args.max_drop, metric=metric, objective=args.objective,
+                      time_budget=args.time_budget, cache=cache, workers=args.workers, address=args.ray_address,
+                      progress=_err)
+    print(result.table())
+    if result.model is None:
+        _err("onnxpress: no candidate meets the budget: nothing saved")
+        return EXIT_FAILED_VERDICT
+    save(result.model, output, external_data=True if args.external_data else None)
+    recipe_path = _write_optimize_recipe(args, model, result)
+    print(f"saved {output} and the recipe that rebuilds it: {recipe_path}")
+    report = validate(result.model, model, target=args.target, data=data, metric=metric, metric_name="accuracy",
+                      allow_missing_provider=args.allow_missing_provider)
+    report.search = result.to_dict()
+    _print_report(report, False)
+    _write_report(report, args.report)
+    return 0 if report.passed else EXIT_FAILED_VERDICT
+
+
+def _write_optimize_recipe(args, model, result) -> Path:
+    """Write OUT.recipe.toml (the chosen passes, the calibration source the passes read) and
+    OUT.lock.toml for the model ``optimize`` chose."""
+    import shlex
+
+    from onnxpress.calibration import DataSource
+    from onnxpress.lockfile import lock_run
+    from onnxpress.pipeline import Pipeline
+    from onnxpress.recipe import parse_recipe, recipe_text
+
+    output = Path(args.output)
+    pipeline = Pipeline(parse_recipe(result.recipe).passes, target=args.target,
+                        accuracy_floor=result.budget["min_cosine"] or 0.0)
+    source = DataSource.from_path(args.calibration)
+    source = dataclasses.replace(source, limit=len(result.calibration))  # without the held-out part
+    path = output.with_name(output.stem + ".recipe.toml")
+    path.write_text(recipe_text(pipeline.passes, target=args.target, description=parse_recipe(result.recipe).description,
+                                pipeline_options={"accuracy_floor": pipeline.accuracy_floor}, calibration=source,
+                                folder=path.parent), encoding="utf-8")
+    lock = lock_run(output, pipeline, model=model, input_path=Path(args.model), result=result.model,
+                    calibration=result.calibration, calibration_source=source,
+                    command=shlex.join(["onnxpress", *getattr(args, "argv", [])]),
+                    description=parse_recipe(result.recipe).description)
+    print(f"lockfile: {lock}")
+    return path
 
 
 _INPUT_SHAPE_HELP = ("shape of a generated input, e.g. images=1x3x640x640 (repeatable; default: unknown sizes "
@@ -304,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help=_INPUT_SHAPE_HELP)
     validate.set_defaults(func=_cmd_validate)
 
+    replay = commands.add_parser("replay", help="make a run's output again from its lockfile and check its digest")
+    replay.add_argument("lock", help="the OUT.lock.toml that run or optimize wrote beside OUT")
+    replay.add_argument("-o", "--output", help="write the reproduced model here (default: nothing is written)")
+    replay.set_defaults(func=_cmd_replay)
+
     inspect = commands.add_parser("inspect", help="opsets, inputs, outputs, ops and parameters of a model")
     inspect.add_argument("model")
     inspect.add_argument("--json", action="store_true")
@@ -317,9 +457,59 @@ def build_parser() -> argparse.ArgumentParser:
     targets = commands.add_parser("targets", help="list the built-in target profiles")
     targets.set_defaults(func=_cmd_targets)
 
+    sweep = commands.add_parser("sweep", help="run every recipe on every model, as parallel trials, and "
+                                "print one table (exit 1 when a cell could not run)")
+    sweep.add_argument("models", nargs="+", metavar="MODEL")
+    sweep.add_argument("--recipes", nargs="+", required=True, metavar="RECIPE", help="recipe TOML files")
+    sweep.add_argument("--target", default="cpu", help="target profile latency is measured on (default cpu); "
+                       "each recipe's passes check on the recipe's own target")
+    sweep.add_argument("--data", help=".npz file or folder of them: calibration data for every cell, over the "
+                       "recipes' [calibration] (each model is fed the arrays named like its inputs)")
+    sweep.add_argument("--out", help="folder for the output models, MODEL__RECIPE.onnx (default: not kept)")
+    sweep.add_argument("--workers", type=_workers, default=1, help="cells at once, as tasks on a local Ray "
+                       "(needs onnxpress[ray]); 1 (default): one after another in-process; 0: one per core. "
+                       "Latency is measured after every cell ended, one model at a time")
+    sweep.add_argument("--ray-address", help="run the cells on this Ray cluster; models, recipes, data, --out "
+                       "and the cache must be on a file system every node sees")
+    sweep_cache = sweep.add_mutually_exclusive_group()
+    sweep_cache.add_argument("--cache-dir", help="pass-result cache folder the workers share (default: "
+                             "$ONNXPRESS_CACHE or ~/.cache/onnxpress)")
+    sweep_cache.add_argument("--no-cache", action="store_true", help="compute everything again, store nothing")
+    sweep.add_argument("--json", action="store_true")
+    sweep.set_defaults(func=_cmd_sweep)
+
     demo = commands.add_parser("demo", help="run the default recipe on the bundled digits CNN")
     demo.add_argument("--out", default="demo-out", help="folder for the compressed model and the report")
     demo.set_defaults(func=_cmd_demo)
+
+    opt = commands.add_parser("optimize", help="search per-layer compression for the fastest (or smallest) "
+                              "model within an accuracy budget")
+    opt.add_argument("model")
+    opt.add_argument("-o", "--output", required=True, help="output .onnx path (OUT.recipe.toml and "
+                     "OUT.lock.toml are written beside it)")
+    opt.add_argument("--target", default="cpu", help="target profile: what methods exist, where latency is measured")
+    opt.add_argument("--calibration", required=True, help=".npz file or folder of them the passes calibrate on")
+    opt.add_argument("--data", help="held-out .npz the budget is judged on (default: a held-out fifth of the "
+                     "calibration data the passes never see)")
+    budget = opt.add_mutually_exclusive_group()
+    budget.add_argument("--min-cosine", type=float, help="lowest output cosine against the input model "
+                        "(default: the target's tolerance)")
+    budget.add_argument("--max-drop", type=float, help="largest top-1 accuracy drop (needs --labels)")
+    opt.add_argument("--labels", metavar="KEY", help="integer class labels in the --data file (for --max-drop)")
+    opt.add_argument("--objective", choices=("latency", "size"), default="latency")
+    opt.add_argument("--time-budget", type=float, metavar="SECONDS", help="return the best model found so far "
+                     "after this long")
+    opt.add_argument("--cache-dir", help="cache folder (default: $ONNXPRESS_CACHE or ~/.cache/onnxpress)")
+    opt.add_argument("--cache-size-gb", type=float, default=4.0, help="cache size limit; least recently used "
+                     "entries go first (default 4)")
+    opt.add_argument("--no-cache", action="store_true", help="compute everything again, store nothing")
+    opt.add_argument("--workers", type=int, default=1, help="build method candidates as N parallel trials on a "
+                     "local Ray (needs onnxpress[ray]); latency is always measured serially")
+    opt.add_argument("--ray-address", help="run the trials on this Ray cluster")
+    opt.add_argument("--external-data", action="store_true", help="save tensors to an external data file")
+    opt.add_argument("--allow-missing-provider", action="store_true")
+    opt.add_argument("--report", help="folder for report.html (with the Pareto front), report.md and report.json")
+    opt.set_defaults(func=_cmd_optimize)
     return parser
 
 
@@ -327,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     from onnxpress import sandbox
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command a lockfile records
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -197,12 +197,19 @@ class Pass(ir.passes.PassBase):
             (``{"fuse_bn": "fold_batchnorm"}``); recipes using them get a warning.
         recovers: the pass wins back accuracy the pass before it lost (``distill``): the
             pipeline's accuracy floor judges that pass's result after this one.
+        deterministic: the same model, options, data, seed and library versions give a
+            bit-identical result on the same machine, in any process. False for a pass whose
+            result can follow the wall clock (a choice by measured latency, a time budget):
+            ``onnxpress replay`` then holds it to the recipe's tolerance, not to the digest.
+            A pass whose options decide it overrides this with a property (weightonly's timed
+            ``accuracy_level="auto"``, quantize's ``latency_aware``, distill's ``time_budget``).
     """
 
     name: ClassVar[str] = ""
     lossless: ClassVar[bool] = False
     recovers: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    deterministic: ClassVar[bool] = True
     aliases: ClassVar[dict[str, str]] = {}
     _context: PassContext | None = None
 

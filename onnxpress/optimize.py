@@ -4,7 +4,8 @@ The search, on data the passes never see (``data``, else a held-out fifth of ``c
 
 1. **Methods.** The input model is simplified (lossless), then every single method the target
    can use is built on all layers and measured: accuracy on the held-out data, latency on the
-   target's provider (serially, never beside another trial), bytes. Which methods exist depends
+   target's provider (serially, never beside another trial; on the held-out feed of median
+   size), bytes. Which methods exist depends
    on the target's ``[recipe] precision`` and ops: int8 (``quantize``, static or dynamic as the
    model suits), dynamic int8, weight-only int4, low-rank factoring then int8, fp16 (GPU targets).
 2. **Sensitivity.** Each weight layer's inputs are captured on calibration data and every
@@ -216,6 +217,9 @@ class _Search:
         self.eval_feeds = held.take(_EVAL_SAMPLES)
         if not self.eval_feeds:
             raise DataError("optimize: no held-out data to judge the budget on")
+        # latency is timed on the held-out feed of median size (sentences of many lengths: the middle one)
+        by_size = sorted(self.eval_feeds, key=lambda feed: sum(np.asarray(a).size for a in feed.values()))
+        self.latency_feed = by_size[len(by_size) // 2]
         if min_cosine is None and max_drop is None:
             min_cosine = self.runner.target.cosine
         self.min_cosine, self.max_drop, self.metric = min_cosine, max_drop, metric
@@ -296,10 +300,32 @@ class _Search:
             methods.append(("lowrank 50% + int8", [{"name": "lowrank", "method": "activation", "budget": 0.5},
                                                    {"name": "quantize"}]))
         self.methods = {}
+        if self.workers != 1 or self.address is not None:
+            self._build_in_trials([[{"name": "simplify"}] + steps for _, steps in methods])
         for name, steps in methods:
             self._check_time()
             self.methods[name] = self._candidate(name, [{"name": "simplify"}] + steps, "method")
         return self.methods
+
+    def _build_in_trials(self, jobs: list[list[dict[str, Any]]]) -> None:
+        """Build the candidates' pass results as parallel trials (``trials.run_trials``) into the
+        shared cache folder; the search then reads them back and measures them one at a time."""
+        from onnxpress.trials import run_trials
+
+        if self.cache is None:  # the trials hand their results over through a cache folder
+            import tempfile
+
+            self.scratch = tempfile.TemporaryDirectory(prefix="onnxpress-optimize-")
+            self.cache = Cache(self.scratch.name)
+        source = make_key(kind="source", model=model_digest(self.source))
+        self.cache.put_model(source, self.source, {})
+        feeds = list(self.calibration)
+        items = [_Trial(str(self.cache.folder), source, steps, feeds, self.target, self.seed) for steps in jobs]
+        self.say(f"optimize: building {len(items)} method candidates as parallel trials")
+        failures = [error for error in run_trials(_build_trial, items, workers=self.workers, address=self.address,
+                                                  progress=self.say, what="method candidate") if error]
+        for error in failures:
+            self.say(f"optimize: a trial failed ({error}); it is built again here")
 
     def _sensitivity(self, decisions: Sequence[str] | None) -> None:
         allowed = list(decisions or self._decisions_for_target())
@@ -541,7 +567,7 @@ class _Search:
         return True
 
     def _latency(self, model: ir.Model) -> float:
-        return float(self.runner.latency(model, self.eval_feeds[0]).median_ms)
+        return float(self.runner.latency(model, self.latency_feed).median_ms)
 
     def _key(self, kind: str, model: ir.Model, extra: dict[str, Any]) -> str:
         return make_key(kind=kind, model=model_digest(model), **self.key_parts, **extra)
@@ -573,6 +599,38 @@ class _Search:
         return OptimizeResult(best.model if best else None, best, self.candidates, text, self.budget,
                               getattr(self, "baseline", {}), self._rows(best), seconds, self.stopped,
                               cache_stats, self.objective, self.calibration)
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """One candidate build for a trial: plain data (the model is read from the shared cache)."""
+
+    cache: str
+    source: str
+    steps: list[dict[str, Any]]
+    feeds: list[dict[str, np.ndarray]]
+    target: str
+    seed: int
+
+    def __str__(self) -> str:
+        return " -> ".join(step["name"] for step in self.steps)
+
+
+def _build_trial(trial: _Trial) -> str | None:
+    """Run ``trial``'s passes with the shared cache (where their results are left); the error's
+    first line, or None."""
+    cache = Cache(trial.cache)
+    found = cache.get_model(trial.source)
+    if found is None:
+        return "the input model is not in the shared cache folder"
+    passes = [registry.create(step["name"], {k: v for k, v in step.items() if k != "name"}, where="optimize")
+              for step in trial.steps]
+    try:
+        Pipeline(passes, target=trial.target, check=False, golden_samples=0, latency_runs=0, accuracy_floor=0,
+                 cache=cache, seed=trial.seed).run(found[0], trial.feeds)
+    except OnnxpressError as err:
+        return str(err).splitlines()[0]
+    return None
 
 
 def _score(stats: Mapping[str, Any]) -> float:

@@ -134,6 +134,11 @@ class Distill(Pass, ir.passes.FunctionalPass):
         self.seed = seed
         self.teacher = teacher
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        """False with a ``time_budget``: the number of training steps follows the wall clock."""
+        return self.time_budget is None
+
     def requires(self, model: ir.Model) -> None:
         """Calibration data. A missing teacher is reported first, by ``call`` (onnx_ir wraps any
         error raised here in a ``PreconditionError``, which would hide the ``PassError``)."""

@@ -158,6 +158,11 @@ class Quantize(Pass, ir.passes.FunctionalPass):
 
     # ------------------------------------------------------------------------------- plan
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        """False with ``latency_aware``: which op groups stay float follows measured latency."""
+        return not self.latency_aware
+
     def needs_calibration(self, model: ir.Model) -> bool:
         """Static mode, SmoothQuant asked for, accuracy targets and latency-aware mode need data."""
         static = self._mode(self._preset(model)) == "static"

@@ -111,6 +111,11 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
 
     # ------------------------------------------------------------------------------- plan
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        """False when ``accuracy_level="auto"`` picks 0 or 4 by measured latency (flips run to run)."""
+        return not (self.accuracy_level == "auto" and self.measure_latency)
+
     def needs_calibration(self, model: ir.Model) -> bool:
         """GPTQ, AWQ, an error budget and optimal binary scales need data; RTN, HQQ and ``auto``
         without data do not."""

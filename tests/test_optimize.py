@@ -139,3 +139,21 @@ def test_cli_optimize_bad_options_are_one_line(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["onnxpress: error: optimize: --max-drop needs --labels KEY (the labels in the --data file)"]
+
+
+def test_optimize_builds_method_candidates_as_parallel_trials(digits, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    model, calibration, held_out, _ = digits
+    serial = optimize(model, calibration=calibration, data=held_out, min_cosine=0.99995, objective="size",
+                      cache=Cache(tmp_path / "serial"), decisions=("float",))
+    shared = Cache(tmp_path / "parallel")
+    parallel = optimize(model, calibration=calibration, data=held_out, min_cosine=0.99995, objective="size",
+                        cache=shared, decisions=("float",), workers=2)
+    # the trials left every method's pass results in the cache: the search here only read them back
+    methods = [c for c in parallel.candidates if c.origin == "method"]
+    assert shared.hits >= sum(len(c.steps) for c in methods)
+    names = [c.name for c in serial.candidates]
+    assert names == [c.name for c in parallel.candidates]
+    for a, b in zip(serial.candidates, parallel.candidates):
+        assert (a.score, a.size) == (b.score, b.size)
+    assert model_digest(serial.model) == model_digest(parallel.model)
