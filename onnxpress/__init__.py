@@ -30,6 +30,8 @@ _EXPORTS = {
     "Runner": "onnxpress.runtime", "ValidationReport": "onnxpress.report",
     "inspect": "onnxpress.summary", "load": "onnxpress.io", "save": "onnxpress.io",
     "export": "onnxpress.export", "validate": "onnxpress.validate",
+    "optimize": "onnxpress.optimize", "OptimizeResult": "onnxpress.optimize", "Cache": "onnxpress.cache",
+    "replay": "onnxpress.lockfile", "sweep": "onnxpress.sweep",
 }
 _MODULES = ("calibration", "passes", "targets", "statistics", "runtime", "sandbox")
 
@@ -57,7 +59,7 @@ class _Package(types.ModuleType):
     they keep meaning the functions (``from onnxpress.validate import ...`` is unaffected)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("export", "validate") and isinstance(value, types.ModuleType):
+        if name in ("export", "validate", "optimize", "sweep") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 

@@ -6,7 +6,8 @@ A *layer* is a Conv, MatMul or Gemm with a constant weight. Each layer can take 
 - ``float``: left as it is;
 - ``int8``: weights and activations to 8 bits by the ``quantize`` pass;
 - ``int4``: the weight to 4-bit blocks by ``weightonly`` (MatMul and Gemm);
-- ``lowrank``: factored by ``lowrank`` (half the layer's parameters), its factors then int8.
+- ``lowrank``: factored by ``lowrank`` (half the layer's parameters), the factors float;
+- ``lowrank+int8``: factored, and the factors int8.
 
 The accuracy cost of decision d on layer L is predicted as ``gain(L) * e(L, d)^2``:
 
@@ -34,13 +35,11 @@ import onnx_ir as ir
 
 from onnxpress import runtime
 from onnxpress.metrics import compare
-from onnxpress.passes import _blockwise
-from onnxpress.passes._common import constant
 
 logger = logging.getLogger(__name__)
 
-FLOAT, INT8, INT4, LOWRANK = "float", "int8", "int4", "lowrank"
-DECISIONS = (FLOAT, INT8, INT4, LOWRANK)
+FLOAT, INT8, INT4, LOWRANK, LOWRANK_INT8 = "float", "int8", "int4", "lowrank", "lowrank+int8"
+DECISIONS = (FLOAT, INT8, INT4, LOWRANK, LOWRANK_INT8)
 INT4_BLOCK = 32
 LOWRANK_KEPT = 0.5  # share of a factored layer's parameters kept
 _ROWS = 4096  # activation rows kept per layer for the simulations
@@ -80,7 +79,8 @@ def find_layers(model: ir.Model, *, decisions: Sequence[str], min_elements: int 
             continue
         if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
             continue
-        weight = constant(node.inputs[1])
+        tensor = node.inputs[1].const_value
+        weight = tensor.numpy() if tensor is not None else None
         if weight is None or weight.size < min_elements or weight.dtype != np.float32:
             continue
         weight_kn = _as_kn(node, weight)
@@ -94,8 +94,8 @@ def find_layers(model: ir.Model, *, decisions: Sequence[str], min_elements: int 
             k, n = weight_kn.shape
             if INT4 in decisions and k >= INT4_BLOCK and weight.size >= 4096:
                 choices.append(INT4)
-            if LOWRANK in decisions and _lowrank_rank(k, n) >= 8 and weight.size >= 4096:
-                choices.append(LOWRANK)
+            factorable = _lowrank_rank(k, n) >= 8 and weight.size >= 4096
+            choices += [d for d in (LOWRANK, LOWRANK_INT8) if d in decisions and factorable]
         layers.append(Layer(node.name, node.op_type, node.inputs[0].name, node.outputs[0].name, weight_kn,
                             tuple(choices)))
     return layers
@@ -171,13 +171,13 @@ def _errors(layer: Layer, inputs: list[np.ndarray]) -> dict[str, float]:
     rows_q = _fake_quant_rows(rows, x_q_error[1])
     errors[INT8] = relative(rows_q, w8)
     if INT4 in layer.choices:
-        grid = _blockwise.rtn(np.ascontiguousarray(weight.T), 4, INT4_BLOCK, symmetric=False)
-        errors[INT4] = relative(rows, grid.dequantized().T.astype(np.float64))
-    if LOWRANK in layer.choices:
+        errors[INT4] = relative(rows, _blockwise_4bit(weight))
+    if LOWRANK in layer.choices or LOWRANK_INT8 in layer.choices:
         rank = _lowrank_rank(*weight.shape)
         u, s, vt = np.linalg.svd(weight, full_matrices=False)
         factored = (u[:, :rank] * s[:rank]) @ vt[:rank]
-        errors[LOWRANK] = float(np.hypot(relative(rows, factored), errors[INT8]))
+        errors[LOWRANK] = relative(rows, factored)
+        errors[LOWRANK_INT8] = float(np.hypot(errors[LOWRANK], errors[INT8]))
     return errors
 
 
@@ -186,6 +186,22 @@ def _rows(inputs: list[np.ndarray], k: int) -> np.ndarray:
     if len(rows) > _ROWS:
         rows = rows[np.linspace(0, len(rows) - 1, _ROWS).astype(int)]
     return rows
+
+
+def _blockwise_4bit(weight_kn: np.ndarray) -> np.ndarray:
+    """The weight rounded to asymmetric 4-bit blocks of ``INT4_BLOCK`` along K (MatMulNBits'
+    layout, plain rounding: the pass's AWQ/HQQ fits do better), dequantized."""
+    k, n = weight_kn.shape
+    padded = -(-k // INT4_BLOCK) * INT4_BLOCK
+    blocks = np.zeros((padded, n))
+    blocks[:k] = weight_kn
+    blocks = blocks.reshape(padded // INT4_BLOCK, INT4_BLOCK, n)
+    low = np.minimum(blocks.min(axis=1, keepdims=True), 0.0)
+    high = np.maximum(blocks.max(axis=1, keepdims=True), 0.0)
+    scale = np.where(high > low, (high - low) / 15.0, 1.0)
+    zero = np.clip(np.round(-low / scale), 0, 15)
+    rounded = (np.clip(np.round(blocks / scale) + zero, 0, 15) - zero) * scale
+    return rounded.reshape(padded, n)[:k]
 
 
 def _per_channel_int8(weight_kn: np.ndarray) -> np.ndarray:

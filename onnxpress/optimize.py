@@ -7,17 +7,18 @@ The search, on data the passes never see (``data``, else a held-out fifth of ``c
    target's provider (serially, never beside another trial; on the held-out feed of median
    size), bytes. Which methods exist depends
    on the target's ``[recipe] precision`` and ops: int8 (``quantize``, static or dynamic as the
-   model suits), dynamic int8, weight-only int4, low-rank factoring then int8, fp16 (GPU targets).
+   model suits), dynamic int8, weight-only int4, low-rank factoring (float, and then int8), fp16
+   (GPU targets).
 2. **Sensitivity.** Each weight layer's inputs are captured on calibration data and every
    decision (int8, int4, low rank) is simulated on them: the relative error it makes in that
    layer's output; each layer's effect on the model's outputs is measured by adding noise to
    it alone (``_search``). Each method's measured drop calibrates its predictions.
-3. **Allocation.** Per layer, one decision (float, int8, int4, lowrank) is chosen by a
+3. **Allocation.** Per layer, one decision (float, int8, int4, lowrank, lowrank+int8) is chosen by a
    multiple-choice knapsack: the most latency (or bytes) saved with the predicted drop within
    a budget. Latency per decision is each method's *measured* saving on the target, shared
    among the layers by their multiply-accumulates.
 4. **Verification.** Every allocation is built through the passes (``weightonly`` → ``lowrank``
-   → ``quantize`` with per-layer ``exclude`` lists) and measured end to end. The budget of the
+   → ``quantize``, each with the ``exclude`` list of the layers it must leave) and measured end to end. The budget of the
    knapsack is widened while the measured model meets the accuracy budget and narrowed when it
    does not; an allocation that misses is reverted layer by layer (costliest first) until it meets.
 
@@ -63,7 +64,12 @@ _ROUNDS = 6
 # and a timed choice would make the same search give different models).
 _INT4 = {"bits": 4, "embeddings": False, "accuracy_level": 4, "measure_latency": False}
 # The method candidate that measured each per-layer decision on every layer it admits.
-_MEASURED_BY = {_search.INT8: "int8", _search.INT4: "int4 weight-only", _search.LOWRANK: "lowrank 50% + int8"}
+_MEASURED_BY = {_search.INT8: "int8", _search.INT4: "int4 weight-only", _search.LOWRANK: "lowrank 50%",
+                _search.LOWRANK_INT8: "lowrank 50% + int8"}
+# Low rank as the search builds it: half the parameters of the layers it is given, shared among
+# them by output error per parameter (the search has measured the layers' sensitivity itself).
+_LOWRANK = {"method": "activation", "budget": _search.LOWRANK_KEPT, "measure_sensitivity": False,
+            "op_types": ["MatMul", "Gemm"]}
 
 
 @dataclass
@@ -214,7 +220,8 @@ class _Search:
             held = from_feeds(data, name="data")
             self.data_note = f"evaluation data ({len(held)} samples)"
         self.calibration: Calibration = calib
-        self.eval_feeds = held.take(_EVAL_SAMPLES)
+        # a metric sees every held-out feed (its labels follow them); a cosine needs no more than 64
+        self.eval_feeds = list(held) if metric is not None else held.take(_EVAL_SAMPLES)
         if not self.eval_feeds:
             raise DataError("optimize: no held-out data to judge the budget on")
         # latency is timed on the held-out feed of median size (sentences of many lengths: the middle one)
@@ -251,11 +258,13 @@ class _Search:
                 "data": self.data_note}
 
     def _cosine_drop(self) -> float:
-        """The drop in ``1 - cosine`` the knapsack aims under (the metric budget is mapped there
-        from the first measurements)."""
+        """The drop in ``1 - cosine`` the knapsack aims under. A metric budget is mapped there
+        from the methods' measurements: the largest cosine drop a measured model had while its
+        metric stayed within the budget (at least 0.001)."""
         if self.min_cosine is not None:
             return max(1.0 - self.min_cosine, 1e-6)
-        return 0.01
+        within = [1.0 - c.score for c in self.candidates if c.meets and c.error is None and c.score is not None]
+        return max(within + [1e-3])
 
     def _check_time(self) -> None:
         if self.deadline is not None and time.perf_counter() > self.deadline:
@@ -266,7 +275,7 @@ class _Search:
     def run(self, decisions: Sequence[str] | None) -> None:
         try:
             self._prepare()
-            families = self._methods()
+            self._methods()
             self._check_time()
             self._sensitivity(decisions)
             self._allocations()
@@ -285,7 +294,7 @@ class _Search:
         self.baseline = {"latency_ms": baseline.latency_ms, "size": _proto.weight_bytes(self.source),
                          "metric": self.reference_metric}
 
-    def _methods(self) -> dict[str, Candidate]:
+    def _methods(self) -> None:
         """Build and measure each single method the target can use, on every layer."""
         precision = self.runner.target.precision
         has_matmul = any(n.op_type in ("MatMul", "Gemm") for n in self.base.graph)
@@ -293,19 +302,20 @@ class _Search:
         if precision == "fp16":
             methods.append(("fp16", [{"name": "fp16"}]))
         methods.append(("int8", [{"name": "quantize"}]))
+        if precision == "int8":  # op groups where int8 does not pay on this CPU stay float, by timing
+            methods.append(("int8 latency-aware", [{"name": "quantize", "latency_aware": True}]))
         if has_matmul and precision != "int8-pow2":
             methods.append(("int8 dynamic", [{"name": "quantize", "mode": "dynamic"}]))
             methods.append(("int4 weight-only", [{"name": "weightonly", **_INT4}]))
         if has_matmul:
-            methods.append(("lowrank 50% + int8", [{"name": "lowrank", "method": "activation", "budget": 0.5},
-                                                   {"name": "quantize"}]))
+            methods.append(("lowrank 50%", [{"name": "lowrank", **_LOWRANK}]))
+            methods.append(("lowrank 50% + int8", [{"name": "lowrank", **_LOWRANK}, {"name": "quantize"}]))
         self.methods = {}
         if self.workers != 1 or self.address is not None:
             self._build_in_trials([[{"name": "simplify"}] + steps for _, steps in methods])
         for name, steps in methods:
             self._check_time()
             self.methods[name] = self._candidate(name, [{"name": "simplify"}] + steps, "method")
-        return self.methods
 
     def _build_in_trials(self, jobs: list[list[dict[str, Any]]]) -> None:
         """Build the candidates' pass results as parallel trials (``trials.run_trials``) into the
@@ -357,7 +367,7 @@ class _Search:
 
     def _decisions_for_target(self) -> tuple[str, ...]:
         if self.runner.target.precision == "int8-pow2":
-            return (_search.FLOAT, _search.INT8, _search.LOWRANK)
+            return (_search.FLOAT, _search.INT8, _search.LOWRANK, _search.LOWRANK_INT8)
         return _search.DECISIONS
 
     # -- allocation
@@ -454,7 +464,8 @@ class _Search:
         """What a decision saves on one layer: bytes, or the method's measured latency saving on
         the target shared among the layers it changed by their multiply-accumulates."""
         if self.objective == "size":
-            per_param = {_search.FLOAT: 0.0, _search.INT8: 3.0, _search.INT4: 3.3, _search.LOWRANK: 3.5}
+            per_param = {_search.FLOAT: 0.0, _search.INT8: 3.0, _search.INT4: 3.3, _search.LOWRANK: 2.0,
+                         _search.LOWRANK_INT8: 3.5}
             return lambda layer, decision: per_param[decision] * layer.params
         base = self.baseline["latency_ms"]
         saving = {}
@@ -472,9 +483,10 @@ class _Search:
             return []
         chosen = best.decisions if best is not None and best.decisions else {}
         if best is not None and best.origin == "method":  # one method on every layer that admits it
-            method = {"int8 dynamic": _search.INT8, **{m: d for d, m in _MEASURED_BY.items()}}.get(best.name)
-            chosen = {layer.name: method if method in layer.choices else
-                      (_search.INT8 if method == _search.LOWRANK else _search.FLOAT) for layer in self.layers}
+            method = {"int8 dynamic": _search.INT8, "int8 latency-aware": _search.INT8,
+                      **{m: d for d, m in _MEASURED_BY.items()}}.get(best.name)
+            fallback = _search.INT8 if method == _search.LOWRANK_INT8 else _search.FLOAT
+            chosen = {layer.name: method if method in layer.choices else fallback for layer in self.layers}
         unit = "ms" if self.objective == "latency" else "bytes"
         rows = []
         for layer in self.layers:
@@ -503,12 +515,13 @@ class _Search:
         if by[_search.INT4]:
             steps.append({"name": "weightonly", **_INT4, "min_elements": 0,
                           "exclude": [n for n in decisions if decisions[n] != _search.INT4]})
-        if by[_search.LOWRANK]:
-            steps.append({"name": "lowrank", "method": "activation", "budget": _search.LOWRANK_KEPT,
-                          "op_types": ["MatMul", "Gemm"],
-                          "exclude": [n for n in decisions if decisions[n] != _search.LOWRANK]})
-        if by[_search.INT8] or by[_search.LOWRANK]:
-            floats = [n for n in decisions if decisions[n] == _search.FLOAT]
+        factored = by[_search.LOWRANK] + by[_search.LOWRANK_INT8]
+        if factored:
+            steps.append({"name": "lowrank", **_LOWRANK,
+                          "exclude": [n for n in decisions if n not in factored]})
+        if by[_search.INT8] or by[_search.LOWRANK_INT8]:
+            # float: the float layers, and the factors of the layers factored without int8
+            floats = by[_search.FLOAT] + [f"{n}_lowrank_{i}" for n in by[_search.LOWRANK] for i in (1, 2)]
             steps.append({"name": "quantize", "exclude": floats} if floats else {"name": "quantize"})
         return steps
 

@@ -106,11 +106,12 @@ def test_cli_optimize_writes_model_recipe_lock_and_report(tmp_path, capsys):
     report = tmp_path / "report"
     code = main(["optimize", str(REPO / "samples/digits_cnn.onnx"), "--calibration",
                  str(REPO / "samples/digits_calib.npz"), "--data", str(REPO / "samples/digits_eval.npz"),
-                 "--min-cosine", "0.9999", "--objective", "size", "-o", str(out), "--cache-dir",
+                 "--max-drop", "0.005", "--labels", "label", "--objective", "size", "-o", str(out), "--cache-dir",
                  str(tmp_path / "cache"), "--report", str(report)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
-    assert "chosen:" in printed.out and "verdict on target 'cpu': PASSED" in printed.out
+    assert "chosen:" in printed.out and "(metric drop <= 0.005)" in printed.out
+    assert "verdict on target 'cpu': PASSED" in printed.out
     recipe = out.with_name("digits_opt.recipe.toml")
     assert out.exists() and recipe.exists() and out.with_name("digits_opt.lock.toml").exists()
     html = (report / "report.html").read_text(encoding="utf-8")
