@@ -62,8 +62,28 @@ def _has_external(model: ir.Model) -> bool:
     return False
 
 
-def _in_memory(tensor: ir.ExternalTensor) -> ir.Tensor:
-    return ir.Tensor(tensor.numpy(), name=tensor.name, doc_string=tensor.doc_string)
+def _in_memory(tensor: ir.ExternalTensor, release: bool) -> ir.Tensor:
+    array = np.array(tensor.numpy(), copy=True) if release else tensor.numpy()
+    if release:
+        tensor.release()
+    return ir.Tensor(array, dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
+
+
+def tensors_in_memory(model: ir.Model, *, release: bool = False) -> ir.Model:
+    """Replace, in place, every tensor ``model`` reads from an external file by one in memory.
+
+    ``release``: copy the data and close the files (the model then outlives them: a cache
+    entry that is evicted); otherwise the new tensors may still view the mapped files.
+    """
+    for graph in graphs(model):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value = _in_memory(value.const_value, release)
+        for node in graph:
+            for name, attr in list(node.attributes.items()):
+                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                    node.attributes[name] = ir.AttrTensor(name, _in_memory(attr.value, release))
+    return model
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -73,15 +93,7 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     file the model names (only our loader, which checked those names, does).
     """
     if _has_external(model):
-        model = model.clone()  # shares tensors; we only swap the references below
-        for graph in graphs(model):
-            for value in graph.initializers.values():
-                if isinstance(value.const_value, ir.ExternalTensor):
-                    value.const_value = _in_memory(value.const_value)
-            for node in graph:
-                for name, attr in list(node.attributes.items()):
-                    if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
-                        node.attributes[name] = ir.AttrTensor(name, _in_memory(attr.value))
+        model = tensors_in_memory(model.clone())  # the clone shares tensors; only its references change
     global SERIALISATIONS
     SERIALISATIONS += 1
     return ir.serde.serialize_model(model)

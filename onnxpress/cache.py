@@ -491,13 +491,15 @@ class Cache:
             model = io.load(entry / _MODEL_FILE)
         except ModelError as err:
             raise _Corrupted(str(err)) from None
-        return _in_memory(model), record["meta"]
+        return _proto.tensors_in_memory(model, release=True), record["meta"]
 
     def _put(self, key: str, kind: str, write, meta: dict | None) -> None:
         entry = self._entry(key)
         if entry.is_dir():  # already there (a concurrent writer, or a caller that did not look)
             _touch(entry / _META_FILE)
             return
+        from onnxpress.io import sync
+
         entry.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=entry.parent))
         try:
@@ -507,7 +509,7 @@ class Cache:
                 if path.is_file():  # io.save's own staging folder is gone once it returns
                     digest, size = _file_sha256(path)
                     files[path.name] = {"sha256": digest, "size": size}
-                    _fsync(path)
+                    sync(path)
             record: dict[str, Any] = {"format": _FORMAT, "kind": kind, "key": key, "files": files,
                                       "created": time.time()}
             if meta is not None:
@@ -515,7 +517,7 @@ class Cache:
             record["check"] = _meta_check(record)
             _write_file(staging / _META_FILE, _canonical(record).encode())
             _touch(staging / _META_FILE)
-            _fsync(staging)
+            sync(staging)
             try:
                 os.replace(staging, entry)
             except OSError:
@@ -524,7 +526,7 @@ class Cache:
                 # Another process stored this key first: its entry stands, ours is dropped.
                 logger.debug("cache: entry %s was written concurrently: kept the first", key)
                 return
-            _fsync(entry.parent)
+            sync(entry.parent)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logger.debug("cache: stored %s entry %s", kind, key)
@@ -573,25 +575,6 @@ def _meta_check(record: dict) -> str:
     return hashlib.sha256(_canonical({k: v for k, v in record.items() if k != "check"}).encode()).hexdigest()
 
 
-def _in_memory(model: ir.Model) -> ir.Model:
-    """``model`` with tensors read from external files copied into memory, so it outlives the
-    entry's files (eviction) and holds no file open."""
-    def copy(tensor: ir.ExternalTensor) -> ir.Tensor:
-        array = np.array(tensor.numpy(), copy=True)
-        tensor.release()
-        return ir.Tensor(array, dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
-
-    for graph in _proto.graphs(model):
-        for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                value.const_value = copy(value.const_value)
-        for node in graph:
-            for name, attr in list(node.attributes.items()):
-                if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
-                    node.attributes[name] = ir.AttrTensor(name, copy(attr.value))
-    return model
-
-
 def _file_sha256(path: Path) -> tuple[str, int]:
     digest = hashlib.sha256()
     size = 0
@@ -607,14 +590,6 @@ def _write_file(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _touch(path: Path) -> None:

@@ -248,13 +248,13 @@ def save(model: ModelSource, path: str | os.PathLike, *, external_data: bool | N
         else:
             staged_model.write_bytes(_proto.to_bytes(model))
         for staged in staging.iterdir():
-            _fsync(staged)
+            sync(staged)
         # The data file first: until the model file is replaced, the old model and its old
         # data file stay intact and consistent.
         if data_name is not None:
             os.replace(staging / data_name, dest.parent / data_name)
         os.replace(staged_model, dest)
-        _fsync(dest.parent)
+        sync(dest.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     in_use = _external_files(model)
@@ -296,7 +296,8 @@ def _our_data_files(dest: Path) -> set[str]:
     return names
 
 
-def _fsync(path: Path) -> None:
+def sync(path: Path) -> None:
+    """fsync a file or folder (a folder: the names in it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto, _search, registry, runtime
+from onnxpress import _proto, _search, registry
 from onnxpress.cache import Cache, data_digest, make_key, model_digest, versions
 from onnxpress.calibration import Calibration, from_feeds, holdout
 from onnxpress.errors import DataError, OnnxpressError
