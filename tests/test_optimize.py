@@ -12,7 +12,7 @@ from onnxpress import _search, runtime
 from onnxpress.cache import Cache, model_digest
 from onnxpress.cli import main
 from onnxpress.metrics import compare
-from onnxpress.optimize import optimize
+from onnxpress.optimize import _Search, optimize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,7 +74,7 @@ def test_optimize_resumes_after_a_kill_and_reruns_from_the_cache(digits, tmp_pat
         raise KeyboardInterrupt  # the search stops half-way: the methods are measured, nothing allocated
 
     with monkeypatch.context() as patch:
-        patch.setattr("onnxpress.optimize._Search._allocations", killed)
+        patch.setattr(_Search, "_allocations", killed)
         with pytest.raises(KeyboardInterrupt):
             optimize(model, calibration=calibration, data=held_out, min_cosine=0.99995, objective="size",
                      cache=Cache(folder))

@@ -64,7 +64,7 @@ def test_minilm_through_a_cli_recipe(minilm, tmp_path, capsys):
     sample, model = minilm
     folder = tmp_path / "sentences"
     folder.mkdir()
-    for i, feed in enumerate(sample.feeds(sample.CALIBRATION_SENTENCES[:40])):
+    for i, feed in enumerate(sample.feeds(sample.CALIBRATION_SENTENCES[:20])):
         np.savez(folder / f"{i:03d}.npz", **feed)
     ox.save(model, tmp_path / "minilm.onnx")
     (tmp_path / "r.toml").write_text('[calibration]\nsource = "sentences"\n[[passes]]\nname = "quantize"\n'

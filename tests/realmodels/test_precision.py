@@ -58,7 +58,9 @@ def _matmul_weighted(model) -> bool:
                and constant(node.inputs[1]).ndim == 2 for node in model.graph)
 
 
-@pytest.mark.parametrize("case", _params())
+# MiniLM's int4 (AWQ on its real sentences, the size and cosine figures) is
+# tests/passes/test_weightonly.py's: here it would repeat a minute of the same work.
+@pytest.mark.parametrize("case", _params([case for case in CASES if case.name != "minilm"]))
 def test_weightonly_int4_keeps_every_corpus_model_with_matmul_weights(case, corpus):
     path = _built(corpus, case)
     model = ox.load(path)
