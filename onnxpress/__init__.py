@@ -73,9 +73,13 @@ if TYPE_CHECKING:
     from onnxpress.errors import (DataError, ExportError, ModelError, OnnxpressError, PassError,
                                   PipelineError, ProviderError, RecipeError)
     from onnxpress.export import export
+    from onnxpress.cache import Cache
     from onnxpress.io import load, save
+    from onnxpress.lockfile import replay
+    from onnxpress.optimize import OptimizeResult, optimize
     from onnxpress.pipeline import PassRecord, Pipeline, PipelineResult
     from onnxpress.report import ValidationReport
     from onnxpress.runtime import Runner
     from onnxpress.summary import inspect
+    from onnxpress.sweep import sweep
     from onnxpress.validate import validate

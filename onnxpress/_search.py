@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import runtime
+from onnxpress import modelinfo, runtime
 from onnxpress.metrics import compare
 
 logger = logging.getLogger(__name__)
@@ -122,24 +122,13 @@ def _lowrank_rank(k: int, n: int) -> int:
 # ----------------------------------------------------------------------------- capture
 
 
-def with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` whose graph also outputs the float tensors ``names``."""
-    copy = model.clone()
-    values = {v.name: v for node in copy.graph for v in node.outputs if v.name}
-    values.update({v.name: v for v in copy.graph.inputs})
-    present = {v.name for v in copy.graph.outputs}
-    for name in names:
-        if name in values and name not in present:
-            copy.graph.outputs.append(values[name])
-            present.add(name)
-    return copy
-
-
 def capture(runner: runtime.Runner, model: ir.Model, layers: list[Layer], feeds: Sequence[dict]) -> None:
     """Simulate every decision on each layer's captured inputs: fills ``layer.errors`` (relative
     output error per decision) and ``layer.macs``."""
-    names = sorted({name for layer in layers for name in (layer.input, layer.output)})
-    runs = runner.outputs(with_outputs(model, names), feeds)
+    names = {name for layer in layers for name in (layer.input, layer.output)}
+    exposed, _ = modelinfo.expose_intermediates(model, names)
+    # a layer reading a graph input reads it from the feed
+    runs = [{**feed, **run} for feed, run in zip(feeds, runner.outputs(exposed, feeds))]
     for layer in layers:
         inputs = [run[layer.input] for run in runs if layer.input in run]
         outputs = [run[layer.output] for run in runs if layer.output in run]
@@ -283,7 +272,7 @@ def measure_gains(runner: runtime.Runner, model: ir.Model, layers: list[Layer], 
 
 
 def _output_rms(runner: runtime.Runner, model: ir.Model, layers: list[Layer], feeds: Sequence[dict]) -> dict[str, float]:
-    runs = runner.outputs(with_outputs(model, [layer.output for layer in layers]), feeds)
+    runs = runner.outputs(modelinfo.expose_intermediates(model, {layer.output for layer in layers})[0], feeds)
     return {layer.name: float(np.sqrt(np.mean([np.mean(np.square(run[layer.output], dtype=np.float64))
                                                for run in runs if layer.output in run] or [0.0])))
             for layer in layers}

@@ -6,7 +6,7 @@ import hashlib
 import os
 import weakref
 import zlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -157,6 +157,14 @@ def format_bytes(count: float) -> str:
             return f"{count:.0f}{unit}" if unit == "B" else f"{count:.1f}{unit}"
         count /= 1024
     return f"{count:.1f}GB"
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> list[str]:
+    """``rows`` (the first is the header) as aligned plain-text lines, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def expose_intermediates(model: ir.Model, names: Iterable[str] | None = None,

@@ -46,6 +46,7 @@ from onnxpress.cache import Cache, data_digest, make_key, model_digest, versions
 from onnxpress.calibration import Calibration, from_feeds, holdout
 from onnxpress.errors import DataError, OnnxpressError
 from onnxpress.metrics import compare
+from onnxpress.modelinfo import text_table
 from onnxpress.pipeline import Pipeline
 from onnxpress.recipe import recipe_text
 
@@ -144,9 +145,7 @@ class OptimizeResult:
                          "-" if c.metric is None else f"{c.metric:.4f}", f"{c.latency_ms:.3f}ms",
                          f"{c.latency_ms / base_latency:.2f}" if base_latency else "-",
                          f"{c.size / 2**20:.3f}MB", f"{c.size / base_size:.3f}", "yes" if c.meets else "no"))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows)
         chosen = (f"chosen: {self.best.name}" if self.best else "no candidate meets the budget") + \
                  f" ({self.budget['text']}); search {self.seconds:.1f}s, {self.stopped}"
         return "\n".join(lines + [chosen])

@@ -34,7 +34,7 @@ from onnxpress.errors import (AccuracyFloorError, DataError, ModelError, Onnxpre
                               PipelineError)
 from onnxpress.feeds import check_feed, declare_ranks, random_feeds, unshaped_inputs
 from onnxpress.metrics import COSINE, RELATIVE_ERROR, ErrorStats, compare
-from onnxpress.modelinfo import format_bytes, node_count, parameter_count
+from onnxpress.modelinfo import format_bytes, node_count, parameter_count, text_table
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ class PipelineResult:
                 "-" if r.max_abs is None else f"{r.max_abs:.2e}",
                 "-" if r.cosine is None else f"{r.cosine:.6f}",
             ))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows)
         lines += [f"note: {note}" for note in self.notes()]
         return "\n".join(lines)
 

@@ -97,7 +97,7 @@ class SweepResult:
 
     def table(self) -> str:
         """A plain-text table of the rows (status last: an error's message is long)."""
-        from onnxpress.modelinfo import format_bytes
+        from onnxpress.modelinfo import format_bytes, text_table
 
         header = ("model", "recipe", "size", "nodes", "cosine", "latency", "speedup", "digest", "status")
         rows = [header]
@@ -113,9 +113,7 @@ class SweepResult:
                 latency, "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x",
                 "-" if r["digest"] is None else r["digest"][:12], r["status"],
             ))
-        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = text_table(rows)
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
