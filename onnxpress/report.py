@@ -134,6 +134,15 @@ class ValidationReport:
                              + (f"{max(w['max_abs'] for w in worst):.3g} | {min(w['cosine'] for w in worst):.6f} |"
                                 if worst else "- | - |"))
             lines.append("")
+        if self.search:
+            search = self.search
+            lines += [f"Search ({search['budget']['text']}, objective {search['objective']}, "
+                      f"{search['seconds']:.1f} s): chosen {search['best'] or 'none'}.", "",
+                      "| candidate | score | latency | size | meets | Pareto |", "|---|---|---|---|---|---|"]
+            lines += [f"| {c['name']} | {c['score']:.6f} | {c['latency_ms']:.3f} ms | {c['size']} | "
+                      f"{'yes' if c['meets'] else 'no'} | {'yes' if c['name'] in search['pareto'] else ''} |"
+                      for c in search["candidates"] if c["score"] is not None]
+            lines.append("")
         if self.bundle:
             lines += [f"Edge bundle: `{self.bundle['folder']}` (model.ort {self.bundle['model_bytes']} bytes, "
                       "required_operators.config).", ""]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,8 @@ def test_cli_optimize_writes_model_recipe_lock_and_report(tmp_path, capsys):
     assert out.exists() and recipe.exists() and out.with_name("digits_opt.lock.toml").exists()
     html = (report / "report.html").read_text(encoding="utf-8")
     assert 'id="plot-pareto-latency"' in html and 'id="layers-table"' in html and "Search" in html
+    assert "Search (metric drop <= 0.005" in (report / "report.md").read_text(encoding="utf-8")
+    assert json.loads((report / "report.json").read_text(encoding="utf-8"))["search"]["best"]
     optimized = ox.load(out)
     assert out.stat().st_size < 0.5 * (REPO / "samples/digits_cnn.onnx").stat().st_size
     # the recipe it wrote, run through `onnxpress run`, gives the same model
