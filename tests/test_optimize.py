@@ -158,6 +158,12 @@ def test_optimize_builds_method_candidates_as_parallel_trials(digits, tmp_path):
     assert shared.hits >= sum(len(c.steps) for c in methods)
     names = [c.name for c in serial.candidates]
     assert names == [c.name for c in parallel.candidates]
+    # latency-aware int8 keeps op groups float by timing (its pass is not deterministic): two runs
+    # may differ there by design; every other candidate must be the same measurement
+    timed = {c.name for c in serial.candidates if any(s.get("latency_aware") for s in c.steps)}
+    assert timed == {"int8 latency-aware"}
     for a, b in zip(serial.candidates, parallel.candidates):
-        assert (a.score, a.size) == (b.score, b.size)
-    assert model_digest(serial.model) == model_digest(parallel.model)
+        if a.name not in timed:
+            assert (a.name, a.score, a.size) == (b.name, b.score, b.size)
+    if serial.best.name not in timed and parallel.best.name not in timed:
+        assert model_digest(serial.model) == model_digest(parallel.model)
