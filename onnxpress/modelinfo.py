@@ -105,6 +105,88 @@ def op_histogram(model: ir.Model) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
+# Layers with a stored weight, and the position of that weight among the node's inputs.
+_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "Gather": 0, "ConvInteger": 1,
+                 "MatMulInteger": 1, "QLinearConv": 3, "QLinearMatMul": 3, "MatMulNBits": 1,
+                 "GatherBlockQuantized": 0}
+# Ops a stored tensor passes through on its way into a layer without changing what is stored.
+_WEIGHT_VIEWS = ("DequantizeLinear", "Cast", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze")
+
+
+def layer_precisions(model: ir.Model) -> dict[str, dict[str, str]]:
+    """How each layer with a constant weight stores its weight and receives its activations.
+
+    Returns ``{node name: {"op", "weights", "activations"}}`` in graph order (subgraphs
+    included) with dtype names as ``summary.inspect`` writes them (``float``, ``float16``,
+    ``int8``, ``int4``). ``weights`` is the dtype of the stored tensor behind the weight
+    input, followed through DequantizeLinear, Cast and reshaping ops; a MatMulNBits weight
+    is ``int<bits>``. ``activations`` is the quantized dtype when the data input comes
+    through DequantizeLinear (its zero point's dtype), else the data input's own dtype: where
+    the model leaves it untyped, shape inference on a clone finds it (best effort; ``-`` when
+    still unknown). Nodes whose weight is not a constant (attention's activation x activation
+    MatMul) and index lookups into integer tables are left out. The model is not changed.
+    """
+    found = []
+    for index, node in enumerate(model.graph.all_nodes()):
+        position = _WEIGHT_INPUT.get(node.op_type)
+        if position is None or node.domain not in ("", "ai.onnx", "com.microsoft") or len(node.inputs) <= position:
+            continue
+        weights = _stored_dtype(node.inputs[position])
+        if weights is None or weights in ("int32", "int64"):
+            continue
+        if node.op_type == "MatMulNBits":  # the packed uint8 tensor holds `bits`-bit values (4 by default)
+            weights = f"int{node.attributes.get_int('bits', 4)}"
+        found.append((node.name or f"{node.op_type}_{index}", node.op_type, weights,
+                      node.inputs[1 if position == 0 else 0]))
+    inferred: dict[str, str] = {}
+    if any(data is not None and data.dtype is None for *_, data in found):
+        # Best effort: on failure the pass logs a warning and the clone keeps the types it had.
+        typed = model.clone()
+        common_passes.ShapeInferencePass()(typed)
+        inferred = {v.name: v.dtype.name.lower() for node in typed.graph.all_nodes() for v in node.outputs
+                    if v.name and v.dtype is not None}
+    return {name: {"op": op, "weights": weights, "activations": _activation_dtype(data, inferred)}
+            for name, op, weights, data in found}
+
+
+def _stored_dtype(value: ir.Value | None) -> str | None:
+    """The dtype of the constant behind ``value`` (through ``_WEIGHT_VIEWS``), or None."""
+    for _ in range(8):  # a chain of views is short; a longer one is not a stored weight
+        if value is None:
+            return None
+        if value.const_value is not None:
+            return value.const_value.dtype.name.lower()
+        producer = value.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "Constant":
+            tensor = producer.attributes.get_tensor("value")
+            return None if tensor is None else tensor.dtype.name.lower()
+        if producer.op_type not in _WEIGHT_VIEWS or not producer.inputs:
+            return None
+        value = producer.inputs[0]
+    return None
+
+
+def _activation_dtype(value: ir.Value | None, inferred: dict[str, str]) -> str:
+    """The dtype a layer's data input carries: the quantized one when it comes dequantized,
+    else its own (from ``inferred`` when the model does not say)."""
+    if value is None:
+        return "-"
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        point = producer.inputs[2] if len(producer.inputs) > 2 else None
+        stored = _stored_dtype(point)
+        if stored is not None:
+            return stored
+        source = producer.inputs[0]
+        # Without a zero point DequantizeLinear takes uint8 (ONNX spec: x_zero_point defaults to uint8 0)
+        return source.dtype.name.lower() if source is not None and source.dtype is not None else "uint8"
+    if value.dtype is not None:
+        return value.dtype.name.lower()
+    return inferred.get(value.name or "", "-")
+
+
 def parameter_count(model: ir.Model) -> int:
     """Elements held by the initializers of every graph."""
     return sum(v.const_value.size for g in model.graphs() for v in g.initializers.values()

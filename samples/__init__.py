@@ -1,11 +1,14 @@
 """Sample models and data bundled with onnxpress (imported as ``onnxpress.samples``).
 
-- ``digits_cnn.onnx``: a small CNN trained on scikit-learn's 8x8 digits images
-  (``train_digits.py`` made it); input ``input`` float32[N, 1, 8, 8] (pixels / 16).
+- ``digits_mlp.onnx``: a wide MLP (two hidden layers of 1024, 4.3 MB) trained on scikit-learn's
+  8x8 digits images, ``onnxpress demo``'s model: MatMul-bound, so int8 pays on a CPU.
+- ``digits_cnn.onnx``: a small CNN (0.17 MB) trained on the same digits, the second example
+  (``onnxpress demo --model cnn``). ``train_digits.py`` made both; their input is ``input``
+  float32[N, 1, 8, 8] (pixels / 16).
 - ``digits_calib.npz``: 200 training images for calibration.
 - ``digits_eval.npz``: 397 held-out images (``input``) and their classes (``label``).
 - ``recipe.toml``: the default recipe ``onnxpress demo`` runs.
-- ``architectures.py``: torch definitions of the digits CNN, ResNet-18 and MobileNetV3-small.
+- ``architectures.py``: torch definitions of the digits MLP and CNN, ResNet-18 and MobileNetV3-small.
 """
 from __future__ import annotations
 
@@ -15,6 +18,9 @@ import numpy as np
 
 FOLDER = Path(__file__).resolve().parent
 DIGITS_MODEL = FOLDER / "digits_cnn.onnx"
+DIGITS_MLP = FOLDER / "digits_mlp.onnx"
+# the demo's models by name: ``onnxpress demo --model NAME``
+DEMO_MODELS = {"mlp": DIGITS_MLP, "cnn": DIGITS_MODEL}
 DIGITS_CALIB = FOLDER / "digits_calib.npz"
 DIGITS_EVAL = FOLDER / "digits_eval.npz"
 RECIPE = FOLDER / "recipe.toml"

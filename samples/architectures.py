@@ -1,9 +1,9 @@
 """Torch definitions of the sample architectures (torchvision does not install beside the CPU torch).
 
-``DigitsCNN`` is the bundled, trained sample. ``resnet18`` and ``mobilenet_v3_small`` follow
-the published architectures (He et al. 2015; Howard et al. 2019) layer for layer, so the
-exported graphs have the shapes and op mix of the real networks; their weights are random
-unless a caller loads some.
+``DigitsCNN`` and ``DigitsMLP`` are the bundled, trained samples. ``resnet18`` and
+``mobilenet_v3_small`` follow the published architectures (He et al. 2015; Howard et al. 2019)
+layer for layer, so the exported graphs have the shapes and op mix of the real networks; their
+weights are random unless a caller loads some.
 """
 from __future__ import annotations
 
@@ -28,6 +28,22 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
+
+
+class DigitsMLP(nn.Module):
+    """A wide multilayer perceptron for 8x8 grey digits: ``onnxpress demo``'s model.
+
+    Two hidden layers of 1024 make it MatMul-bound (1.1 M parameters, 4.3 MB of float32
+    weights): the kind of model where int8 weights and kernels pay on a CPU.
+    """
+
+    def __init__(self, hidden: int = 1024) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                    nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
 
 
 # ------------------------------------------------------------------------------------ ResNet-18

@@ -99,7 +99,8 @@ def test_wheel_holds_only_the_onnxpress_package(wheel):
         assert not any(name.startswith(f"{folder}/") for name in names), folder
     for shipped in ("onnxpress/passes/simplify.py", "onnxpress/targets/cpu.toml",
                     "onnxpress/targets/cuda.toml", "onnxpress/targets/edge.toml",
-                    "onnxpress/samples/digits_cnn.onnx", "onnxpress/samples/recipe.toml",
+                    "onnxpress/samples/digits_cnn.onnx", "onnxpress/samples/digits_mlp.onnx",
+                    "onnxpress/samples/recipe.toml", "onnxpress/py.typed", "onnxpress/__main__.py",
                     "onnxpress/samples/digits_calib.npz", "onnxpress/samples/digits_eval.npz"):
         assert shipped in names, shipped
     assert not any("/tests/" in name or name.startswith("tests/") for name in names)
@@ -158,6 +159,7 @@ def test_installed_wheel_works_outside_the_repository(venv, tmp_path):
     assert script.is_file()
     listing = _run([script, "passes"], cwd=tmp_path).stdout
     assert "simplify" in listing.split()
+    assert _run([python, "-m", "onnxpress", "passes"], cwd=tmp_path).stdout == listing  # python -m works alike
 
 
 def test_a_third_party_pass_runs_with_the_installed_wheel(venv, tmp_path):
