@@ -10,14 +10,13 @@ comparison ran. Wide tables scroll inside their own box; plots shrink to the col
 """
 from __future__ import annotations
 
-import html
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from onnxpress._html import CSS, bar_chart, escape, hbar_chart, line_chart, scatter_chart, table
 from onnxpress.metrics import ErrorStats
 from onnxpress.modelinfo import format_bytes
 from onnxpress.runtime import Latency
@@ -310,218 +309,16 @@ def _markdown_models(report: ValidationReport) -> list[str]:
 
 # ---------------------------------------------------------------------------------- the page
 
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2330;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #dde}
-h1,h2,h3,p,li{overflow-wrap:anywhere}
-.verdict{display:inline-block;padding:.25em .8em;border-radius:4px;color:#fff;font-weight:600}
-.passed{background:#1f8a4c}.failed{background:#c0392b}
-.scroll{max-width:100%;overflow-x:auto;margin:.6em 0}
-.scroll.tall{max-height:30em;overflow-y:auto}
-table{border-collapse:collapse} th,td{border:1px solid #d5d9e3;padding:.3em .7em;text-align:left}
-th{background:#f2f4f8;position:sticky;top:0} .num{text-align:right} td.prose{min-width:18em}
-.plots{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} figure{margin:0;max-width:100%}
-svg.plot{display:block;max-width:100%;height:auto} figcaption{font-size:.9em;color:#556}
-pre{max-width:100%;overflow-x:auto;background:#f6f7fa;padding:.6em}
-ul.failures li{color:#c0392b} .note{color:#556} .new{color:#1f8a4c} .gone{color:#c0392b}
-"""
-_DATA = "#3b6fb6"  # the colour of the data in every plot (the candidate where two models are shown)
-_SERIES = ("#98a2b3", _DATA)  # reference, candidate
-_MARKED = "#c0392b"
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value))
-
-
-def _short(label: str, limit: int) -> str:
-    return label if len(label) <= limit else label[:limit - 1] + "…"
-
-
-# A cell that reads as a number (counts, sizes, times, "12 → 32", "-"): its column is right-aligned.
-_NUMERIC = re.compile(r"^([-+]?[\d.]|-$|n/a$|$)")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[object]], css_id: str, *, tall: bool = False) -> str:
-    """A table in its own box, which scrolls when the table is wider (or, ``tall``, longer) than the
-    page. Columns of numbers are right-aligned, others left; long text wraps in a column of its own."""
-    numeric = [bool(rows) and all(_NUMERIC.match(str(row[i])) for row in rows) for i in range(len(header))]
-    head = "".join(f'<th class="num">{_e(h)}</th>' if numeric[i] else f"<th>{_e(h)}</th>"
-                   for i, h in enumerate(header))
-
-    def cell(i: int, value: object) -> str:
-        text = str(value)
-        css = "num" if numeric[i] else "prose" if len(text) > 40 else ""
-        return f'<td class="{css}">{_e(text)}</td>' if css else f"<td>{_e(text)}</td>"
-
-    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(row)) + "</tr>" for row in rows)
-    box = "scroll tall" if tall else "scroll"
-    return f'<div class="{box}"><table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-
-
-def _svg(title: str, css_id: str, width: float, height: float, body: str) -> str:
-    """A plot: an SVG that keeps its proportions when the column is narrower than ``width``."""
-    return (f'<figure><svg id="{css_id}" class="plot" xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
-            f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" aria-label="{_e(title)}">'
-            f'<text x="{width / 2:.0f}" y="18" font-size="13" text-anchor="middle" font-weight="600">{_e(title)}</text>'
-            f'{body}</svg><figcaption>{_e(title)}</figcaption></figure>')
-
-
-def _left_margin(*labels: str) -> float:
-    """Room left of the y axis for its value labels (about 6.6 px a character at 11 px) and the unit."""
-    return max(56.0, 26 + 6.6 * max(len(label) for label in labels))
-
-
-def _ticks(xs: Sequence[float], labels: Sequence[str], y: float) -> str:
-    """Labels under an x axis, slanted; shortened (hover shows them) so that none runs past the
-    plot's left edge: a slanted label reaches about 5.7 px a character to the left of its point."""
-    return "".join(f'<text x="{x:.1f}" y="{y}" font-size="11" text-anchor="end" transform="rotate(-30 {x:.1f} {y})">'
-                   f'{_e(_short(label, max(4, min(16, int((x - 4) / 5.7)))))}<title>{_e(label)}</title></text>'
-                   for x, label in zip(xs, labels))
-
-
-def _y_axis(left: float, top: float, plot_h: float, right: float, high: str, low: str, unit: str) -> str:
-    return (f'<line x1="{left}" y1="{top + plot_h}" x2="{right}" y2="{top + plot_h}" stroke="#888"/>'
-            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>'
-            f'<text x="{left - 6}" y="{top + 4}" font-size="11" text-anchor="end">{high}</text>'
-            f'<text x="{left - 6}" y="{top + plot_h}" font-size="11" text-anchor="end">{low}</text>'
-            f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
-            f'text-anchor="middle">{_e(unit)}</text>')
-
-
-def bar_chart(title: str, labels: Sequence[str], values: Sequence[float | None], unit: str, css_id: str,
-              width: int = 520, height: int = 260) -> str:
-    """An SVG bar chart with value labels; labels past 16 characters are shortened (hover shows them)."""
-    peak = max([v for v in values if v is not None] + [1e-12])
-    left, bottom, top = _left_margin(f"{peak:.3g}"), 58, 40
-    plot_h = height - bottom - top
-    step = (width - left - 10) / max(1, len(values))
-    bars = []
-    for i, (label, value) in enumerate(zip(labels, values)):
-        x = left + i * step + step * 0.15
-        w = step * 0.7
-        h = 0 if value is None else plot_h * value / peak
-        y = top + plot_h - h
-        text = "n/a" if value is None else f"{value:.3g}"
-        bars.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{_DATA}">'
-                    f'<title>{_e(label)}: {text} {_e(unit)}</title></rect>'
-                    f'<text x="{x + w / 2:.1f}" y="{y - 4:.1f}" font-size="11" text-anchor="middle">{text}</text>')
-    centres = [left + i * step + step / 2 for i in range(len(values))]
-    axis = _y_axis(left, top, plot_h, width - 10, f"{peak:.3g}", "0", unit)
-    return _svg(title, css_id, width, height, axis + "".join(bars) + _ticks(centres, labels, height - bottom + 16))
-
-
-def hbar_chart(title: str, categories: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], unit: str,
-               css_id: str, *, value_text: Callable[[float], str] = lambda v: f"{v:g}",
-               marks: dict[str, str] | None = None, width: int = 540) -> str:
-    """An SVG horizontal bar chart: a group of bars per category, one bar per series (legend on top).
-
-    ``marks`` gives a category a tag shown after its label in the tag's colour (``new``: an op
-    the candidate added, ``gone``: one it removed). The height follows the number of categories.
-    """
-    marks = marks or {}
-    bar_h, top, bottom, value_room = 11, 46, 26, 64
-    group_h = bar_h * len(series) + 8
-    labels = [_short(c, 26) + (f" ({marks[c]})" if c in marks else "") for c in categories]
-    left = min(230, 14 + 6.4 * max([len(label) for label in labels] + [4]))
-    plot_w = width - left - value_room
-    height = top + group_h * len(categories) + bottom
-    peak = max([v for _, values in series for v in values] + [1e-12])
-    colours = _SERIES[-len(series):]  # one series: the candidate's colour
-    parts = []
-    for j, (name, _) in enumerate(series):
-        x = left + j * 120
-        parts.append(f'<rect x="{x:.1f}" y="28" width="10" height="10" fill="{colours[j]}"/>'
-                     f'<text x="{x + 14:.1f}" y="37" font-size="11">{_e(name)}</text>')
-    for i, (category, label) in enumerate(zip(categories, labels)):
-        y0 = top + i * group_h
-        colour = {"new": "#1f8a4c", "gone": _MARKED}.get(marks.get(category, ""), "#1d2330")
-        parts.append(f'<text x="{left - 6:.1f}" y="{y0 + group_h / 2 + 4:.1f}" font-size="11" text-anchor="end" '
-                     f'fill="{colour}">{_e(label)}<title>{_e(category)}</title></text>')
-        for j, (name, values) in enumerate(series):
-            y = y0 + 4 + j * bar_h
-            w = plot_w * values[i] / peak
-            parts.append(f'<rect class="bar" x="{left:.1f}" y="{y:.1f}" width="{w:.1f}" height="{bar_h - 1}" '
-                         f'fill="{colours[j]}"><title>{_e(category)}, {_e(name)}: '
-                         f'{value_text(values[i])}</title></rect>'
-                         f'<text x="{left + w + 4:.1f}" y="{y + bar_h - 2:.1f}" font-size="10">{value_text(values[i])}</text>')
-    bottom_y = top + group_h * len(categories)
-    parts.append(f'<line x1="{left:.1f}" y1="{top - 2}" x2="{left:.1f}" y2="{bottom_y:.1f}" stroke="#888"/>'
-                 f'<text x="{left + plot_w / 2:.1f}" y="{height - 8:.1f}" font-size="11" text-anchor="middle">'
-                 f'{_e(unit)}</text>')
-    return _svg(title, css_id, width, height, "".join(parts))
-
-
-def line_chart(title: str, labels: Sequence[str], values: Sequence[float], unit: str, css_id: str,
-               mark: int | None = None, width: int = 1060, height: int = 280) -> str:
-    """An SVG line chart over ``labels``; ``mark`` highlights one point. Up to 12 points are
-    named under the axis; more are counted there (hover names each)."""
-    ticks = len(values) <= 12
-    low, high = min(values), max(values)
-    left, bottom, top = _left_margin(f"{high:.6g}", f"{low:.6g}"), 58 if ticks else 40, 30
-    plot_h, plot_w = height - bottom - top, width - left - 30
-    span = (high - low) or 1.0
-    xs = [left + 10 + (plot_w - 10) * (i / max(1, len(values) - 1)) for i in range(len(values))]
-    ys = [top + plot_h * (1 - (v - low) / span) for v in values]
-    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
-    dots = "".join(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{5 if i == mark else 3}" '
-                   f'fill="{_MARKED if i == mark else _DATA}"><title>{_e(labels[i])}: {values[i]:.6g}</title></circle>'
-                   for i, (x, y) in enumerate(zip(xs, ys)))
-    marker = ""
-    if mark is not None:
-        anchor = "end" if xs[mark] > left + plot_w * 0.8 else "start" if xs[mark] < left + plot_w * 0.2 else "middle"
-        marker = (f'<text x="{xs[mark]:.1f}" y="{max(ys[mark] - 10, top - 2):.1f}" font-size="11" fill="{_MARKED}" '
-                  f'text-anchor="{anchor}">{_e(labels[mark])}</text>')
-    if ticks:
-        names = _ticks(xs, labels, top + plot_h + 16)
-    else:
-        names = (f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">'
-                 f'in graph order ({len(values)})</text>')
-    axis = _y_axis(left, top, plot_h, left + plot_w, f"{high:.6g}", f"{low:.6g}", unit) + names
-    return _svg(title, css_id, width, height,
-                f'{axis}<polyline fill="none" stroke="{_DATA}" stroke-width="1.5" points="{points}"/>{dots}{marker}')
-
-
-def scatter_chart(title: str, points: Sequence[tuple[str, float, float, bool]], x_unit: str, y_unit: str,
-                  css_id: str, width: int = 540, height: int = 340) -> str:
-    """An SVG scatter of ``(label, x, y, highlighted)`` points (the optimizer's candidates)."""
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    x_low, x_high = min(xs), max(xs)
-    y_low, y_high = min(ys), max(ys)
-    left, bottom, top, right = _left_margin(f"{y_high:.6g}", f"{y_low:.6g}"), 46, 34, 16
-    plot_w, plot_h = width - left - right, height - bottom - top
-    x_span, y_span = (x_high - x_low) or 1.0, (y_high - y_low) or 1.0
-
-    def at(x: float, y: float) -> tuple[float, float]:
-        return left + plot_w * (x - x_low) / x_span, top + plot_h * (1 - (y - y_low) / y_span)
-
-    dots = []
-    for label, x, y, marked in points:
-        cx, cy = at(x, y)
-        colour = _MARKED if marked else _DATA
-        dots.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="{6 if marked else 4}" fill="{colour}">'
-                    f'<title>{_e(label)}: {x:.4g} {_e(x_unit)}, {y:.6g} {_e(y_unit)}</title></circle>')
-        if marked:
-            anchor = "end" if cx > left + plot_w * 0.8 else "start" if cx < left + plot_w * 0.2 else "middle"
-            dots.append(f'<text x="{cx:.1f}" y="{max(cy - 10, top - 2):.1f}" font-size="11" fill="{colour}" '
-                        f'text-anchor="{anchor}">{_e(label)}</text>')
-    axis = (_y_axis(left, top, plot_h, left + plot_w, f"{y_high:.6g}", f"{y_low:.6g}", y_unit)
-            + f'<text x="{left}" y="{top + plot_h + 16}" font-size="11" text-anchor="start">{x_low:.4g}</text>'
-            f'<text x="{left + plot_w}" y="{top + plot_h + 16}" font-size="11" text-anchor="end">{x_high:.4g}</text>'
-            f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">{_e(x_unit)}</text>')
-    return _svg(title, css_id, width, height, axis + "".join(dots))
-
-
 def _models_section(report: ValidationReport) -> str:
     """The model before and after: counts, op histogram, weight bytes by dtype, each layer."""
     models = report.models
     who = [w for w in _WHO if w in models]
     parts = ["<h2>Model before and after</h2>" if len(who) == 2 else "<h2>The model</h2>",
-             _table(("", *who), _model_rows(models), "models-table")]
+             table(("", *who), _model_rows(models), "models-table")]
     ops = _op_rows(models)
-    added = [f"<b>{_e(op)}</b> ×{counts[-1]}" for op, counts, change in ops if change == "new"]
-    removed = [f"<b>{_e(op)}</b> ×{counts[0]}" for op, counts, change in ops if change == "gone"]
-    moved = [f"{_e(op)} {counts[0]} → {counts[1]}" for op, counts, change in ops if change not in ("", "new", "gone")]
+    added = [f"<b>{escape(op)}</b> ×{counts[-1]}" for op, counts, change in ops if change == "new"]
+    removed = [f"<b>{escape(op)}</b> ×{counts[0]}" for op, counts, change in ops if change == "gone"]
+    moved = [f"{escape(op)} {counts[0]} → {counts[1]}" for op, counts, change in ops if change not in ("", "new", "gone")]
     if len(who) == 2:
         parts.append(f'<p>Ops added: <span class="new">{", ".join(added) or "none"}</span>; removed: '
                      f'<span class="gone">{", ".join(removed) or "none"}</span>'
@@ -542,10 +339,10 @@ def _models_section(report: ValidationReport) -> str:
             stored[layer["weights"]] = stored.get(layer["weights"], 0) + 1
         census = ", ".join(f"{count} {dtype}" for dtype, count in sorted(stored.items(), key=lambda kv: -kv[1]))
         parts.append(f"<h3>Layers</h3><p>Weights of the {who[-1]}'s {sum(stored.values())} layers with a stored "
-                     f"weight: {_e(census or 'none')}. For each: the dtype its weight is stored in and the one its "
+                     f"weight: {escape(census or 'none')}. For each: the dtype its weight is stored in and the one its "
                      "input arrives in (uint8 or int8 where it comes through QuantizeLinear/DequantizeLinear); "
                      "decisions come from the passes' statistics.</p>"
-                     + _table(("layer", "op", *(f"{w} weights / input" for w in who), "decisions"),
+                     + table(("layer", "op", *(f"{w} weights / input" for w in who), "decisions"),
                               [row if len(who) == 2 else (row[0], row[1], row[3], row[4]) for row in rows],
                               "precision-table", tall=True))
     return "".join(parts)
@@ -560,10 +357,10 @@ def _search_section(search: dict) -> str:
              f"{c['seconds']:.1f} s" + (" (cached)" if c["cached"] else "")) for c in done]
     rows += [("", c["name"], c["origin"], "-", "-", "-", "-", "error", "", c["error"]) for c in search["candidates"]
              if c["score"] is None]
-    parts = [f"<h2>Search</h2><p>Budget: {_e(search['budget']['text'])} on {_e(search['budget']['data'])}; "
-             f"objective {_e(search['objective'])}; chosen <b>{_e(search['best'] or 'none')}</b>; search wall time "
-             f"{search['seconds']:.1f} s ({_e(search['stopped'])}).</p>",
-             _table(("", "candidate", "origin", "score", "metric", "latency", "size", "meets budget", "Pareto",
+    parts = [f"<h2>Search</h2><p>Budget: {escape(search['budget']['text'])} on {escape(search['budget']['data'])}; "
+             f"objective {escape(search['objective'])}; chosen <b>{escape(search['best'] or 'none')}</b>; search wall time "
+             f"{search['seconds']:.1f} s ({escape(search['stopped'])}).</p>",
+             table(("", "candidate", "origin", "score", "metric", "latency", "size", "meets budget", "Pareto",
                      "time"), rows, "search-table")]
     if done:
         points = [(c["name"], c["latency_ms"], c["score"], c["name"] == search["best"]) for c in done]
@@ -574,12 +371,12 @@ def _search_section(search: dict) -> str:
                      + scatter_chart("Candidates: accuracy vs size", sizes, "weights (MB)", "score",
                                      "plot-pareto-size") + "</div>")
     if search["layers"]:
-        parts.append("<h3>Decision per layer</h3>" + _table(
+        parts.append("<h3>Decision per layer</h3>" + table(
             ("layer", "op", "parameters", "decision", "local error", "sensitivity", "predicted drop", "saves", "why"),
             [(r["layer"], r["op"], f"{r['params']:,}", r["decision"], r["local_error"], r["gain"],
               r["predicted_drop"], f"{r['value']} {r['unit']}", r["why"]) for r in search["layers"]],
             "layers-table", tall=True))
-    parts.append(f"<h3>Recipe</h3><pre>{_e(search['recipe'])}</pre>")
+    parts.append(f"<h3>Recipe</h3><pre>{escape(search['recipe'])}</pre>")
     return "".join(parts)
 
 
@@ -596,7 +393,7 @@ def _pipeline_section(pipeline: dict) -> str:
                      "-" if not r.get("kernels") else f"{r['kernels']['int8']} / {r['kernels']['float']}",
                      "-" if not accuracy else f"{max(a['max_abs'] for a in accuracy.values()):.3g}",
                      "-" if not accuracy else f"{min(a['cosine'] for a in accuracy.values()):.6f}"))
-    table = _table(("pass", "time", "nodes", "weights", "parameters", "latency", "int8 / float kernels",
+    passes = table(("pass", "time", "nodes", "weights", "parameters", "latency", "int8 / float kernels",
                     "max-abs", "cosine"), rows, "pipeline-table")
     plots = []
     if records:
@@ -616,8 +413,8 @@ def _pipeline_section(pipeline: dict) -> str:
         plots.append(line_chart("Output cosine vs the input model after each pass", ["input"] + [r["name"] for r in judged],
                                 [1.0] + [min(a["cosine"] for a in r["accuracy"].values()) for r in judged], "cosine",
                                 "plot-accuracy", width=520, height=260))
-    note = f'<p class="note">Golden inputs: {_e(pipeline.get("golden_note", ""))}.</p>'
-    return f"<h2>Pipeline</h2>{table}{note}<div class=\"plots\">{''.join(plots)}</div>"
+    note = f'<p class="note">Golden inputs: {escape(pipeline.get("golden_note", ""))}.</p>'
+    return f"<h2>Pipeline</h2>{passes}{note}<div class=\"plots\">{''.join(plots)}</div>"
 
 
 def _layerwise_section(layerwise: dict) -> str:
@@ -627,11 +424,11 @@ def _layerwise_section(layerwise: dict) -> str:
     mark = next((i for i, layer in enumerate(layers) if jump and layer["tensor"] == jump["tensor"]), None)
     parts = ["<h2>Per-layer error</h2>"]
     if jump:
-        parts.append(f"<p>The error jumps at <code>{_e(jump['tensor'])}</code> ({_e(jump['op_type'])} "
-                     f"<code>{_e(jump['node'])}</code>, cosine {jump['cosine']:.6f}): {_e(layerwise['reason'])}.</p>")
+        parts.append(f"<p>The error jumps at <code>{escape(jump['tensor'])}</code> ({escape(jump['op_type'])} "
+                     f"<code>{escape(jump['node'])}</code>, cosine {jump['cosine']:.6f}): {escape(layerwise['reason'])}.</p>")
     parts.append(line_chart("Cosine of each shared intermediate tensor", [layer["tensor"] for layer in layers],
                             [layer["cosine"] for layer in layers], "cosine", "plot-layers", mark))
-    parts.append(_table(("tensor", "op", "node", "cosine", "max-abs", "relative max", ""),
+    parts.append(table(("tensor", "op", "node", "cosine", "max-abs", "relative max", ""),
                         [(layer["tensor"], layer["op_type"], layer["node"], f"{layer['cosine']:.6f}",
                           f"{layer['max_abs']:.3g}", f"{layer['rel_max']:.3g}", "first jump" if i == mark else "")
                          for i, layer in enumerate(layers)], "layerwise-table", tall=True))
@@ -640,14 +437,14 @@ def _layerwise_section(layerwise: dict) -> str:
 
 def render_html(report: ValidationReport) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
-    parts = [f"<h1>onnxpress validation on <code>{_e(report.target)}</code></h1>",
+    parts = [f"<h1>onnxpress validation on <code>{escape(report.target)}</code></h1>",
              f'<p><span id="verdict" class="verdict {verdict.lower()}">{verdict}</span> '
-             f"{_e(report.data_source)}, {report.samples} feeds; providers {_e(', '.join(report.providers))}</p>"]
+             f"{escape(report.data_source)}, {report.samples} feeds; providers {escape(', '.join(report.providers))}</p>"]
     if report.failures:
-        parts.append('<ul class="failures">' + "".join(f"<li>{_e(f)}</li>" for f in report.failures) + "</ul>")
+        parts.append('<ul class="failures">' + "".join(f"<li>{escape(f)}</li>" for f in report.failures) + "</ul>")
     rows = report.summary_rows()
     if rows:
-        parts.append("<h2>Reference and candidate</h2>" + _table(("", "reference", "candidate"), rows, "summary-table"))
+        parts.append("<h2>Reference and candidate</h2>" + table(("", "reference", "candidate"), rows, "summary-table"))
         plots = []
         if "reference" in report.size and "candidate" in report.size:
             plots.append(bar_chart("Model size", ["reference", "candidate"],
@@ -661,7 +458,7 @@ def render_html(report: ValidationReport) -> str:
     if report.models:
         parts.append(_models_section(report))
     if report.metrics:
-        parts.append("<h2>Outputs</h2>" + _table(
+        parts.append("<h2>Outputs</h2>" + table(
             ("output", "judged by", "cosine", "max-abs", "mean-abs", "p50", "p90", "p99", "NaN/Inf"),
             [(n, s.judged(), f"{s.cosine:.6f}", f"{s.max_abs:.3g}", f"{s.mean_abs:.3g}", f"{s.p50_abs:.3g}",
               f"{s.p90_abs:.3g}", f"{s.p99_abs:.3g}", s.nonfinite) for n, s in report.metrics.items()],
@@ -676,15 +473,15 @@ def render_html(report: ValidationReport) -> str:
         parts.append(_layerwise_section(report.layerwise))
     if report.bundle:
         ops = "; ".join(f"{k}: {', '.join(v)}" for k, v in report.bundle["operators"].items())
-        parts.append(f"<h2>Edge bundle</h2><p><code>{_e(report.bundle['folder'])}</code>: model.ort "
-                     f"({report.bundle['model_bytes']:,} bytes), required_operators.config ({_e(ops)}).</p>")
+        parts.append(f"<h2>Edge bundle</h2><p><code>{escape(report.bundle['folder'])}</code>: model.ort "
+                     f"({report.bundle['model_bytes']:,} bytes), required_operators.config ({escape(ops)}).</p>")
     if report.hardware:
         q = report.hardware["quantization_defaults"]
-        parts.append(f"<h2>Host and target</h2><p>{_e(report.hardware['cpu'])}. Target int8 defaults: activations "
-                     f"{_e(q['activation_type'])}, weights {_e(q['weight_type'])}, reduce_range {q['reduce_range']} "
-                     f"({_e(q['reason'])}).</p>")
+        parts.append(f"<h2>Host and target</h2><p>{escape(report.hardware['cpu'])}. Target int8 defaults: activations "
+                     f"{escape(q['activation_type'])}, weights {escape(q['weight_type'])}, reduce_range {q['reduce_range']} "
+                     f"({escape(q['reason'])}).</p>")
     if report.notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in report.notes) + "</ul>")
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in report.notes) + "</ul>")
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>onnxpress report: "
-            f"{_e(report.target)} {verdict}</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
+            f"{escape(report.target)} {verdict}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
