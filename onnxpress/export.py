@@ -1,10 +1,15 @@
 """``export``: a torch module to an ``onnx_ir.Model``, checked against torch on ONNX Runtime."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import json
 import logging
+import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,14 +26,15 @@ EXPORT_METADATA_KEY = "onnxpress.export"
 def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset: int = 18,
            input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
            dynamic_dims: Mapping[str, Mapping[int, str]] | None = None,
-           rtol: float = 1e-3, atol: float = 1e-4, exporter: str = "auto") -> ir.Model:
+           rtol: float = 1e-3, atol: float = 1e-4, exporter: str = "auto",
+           check_args: Sequence[Any] = ()) -> ir.Model:
     """Export ``module`` to ONNX and check the export against torch.
 
     The dynamo-based exporter is tried first; when it fails the TorchScript exporter is used
     (``exporter`` forces one: ``dynamo`` or ``torchscript``). The ONNX Runtime outputs are
-    compared with torch's on the example inputs and, with ``dynamic_batch``, on a second batch
-    size. Which exporter ran, and the largest error seen, are logged and stored in the model's
-    ``metadata_props["onnxpress.export"]`` (JSON).
+    compared with torch's on the example inputs, on each of ``check_args`` and, with
+    ``dynamic_batch``, on a second batch size. Which exporter ran, and the largest error
+    seen, are logged and stored in the model's ``metadata_props["onnxpress.export"]`` (JSON).
 
     Args:
         module: a ``torch.nn.Module``.
@@ -40,6 +46,8 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
             (inputs sharing a dimension name share the dimension).
         rtol, atol: the export fails when ``max|onnx - torch| > atol + rtol * max|torch|``.
         exporter: ``auto``, ``dynamo`` or ``torchscript``.
+        check_args: more inputs, each like ``example_args`` (other sizes along the dynamic
+            axes), on which ONNX Runtime must match torch too.
 
     Raises:
         ExportError: neither exporter could export the module, or outputs differ from torch.
@@ -55,6 +63,9 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
     names = list(input_names) if input_names else [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
     if len(names) != len(args):
         raise ExportError(f"export: {len(names)} input names for {len(args)} example inputs")
+    extra = [tuple(c) if isinstance(c, (tuple, list)) else (c,) for c in check_args]
+    if any(len(c) != len(args) or not all(isinstance(a, torch.Tensor) for a in c) for c in extra):
+        raise ExportError(f"export: each of check_args must be {len(args)} tensor(s), like example_args")
     with torch.no_grad():
         reference = _as_list(module(*args))
     out_names = list(output_names) if output_names else (
@@ -82,6 +93,9 @@ def export(module: Any, example_args: Any, *, dynamic_batch: bool = True, opset:
         raise ExportError("export failed: " + "; ".join(failures))
 
     checks = [(args, reference)]
+    for inputs in extra:
+        with torch.no_grad():
+            checks.append((inputs, _as_list(module(*inputs))))
     if dynamic_batch:
         batch = args[0].shape[0] if args[0].dim() else 1
         second = tuple(_resize_batch(a, batch + 2) for a in args)
@@ -137,7 +151,7 @@ def _as_list(outputs: Any) -> list[np.ndarray]:
     if isinstance(outputs, dict):
         return [o for item in outputs.values() for o in _as_list(item)]
     raise ExportError(f"export: the module returned {type(outputs).__name__}; tensors, tuples, lists "
-                      "or dicts of tensors are supported")
+                      "or dicts of tensors are supported (a Hugging Face model: use export_hf)")
 
 
 def _resize_batch(tensor: Any, size: int) -> Any:
@@ -207,3 +221,112 @@ def _torchscript(module, args, names, out_names, axes, opset) -> ir.Model:
         torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, input_names=names,
                           output_names=out_names, dynamic_axes=axes)
     return load(buffer.getvalue())
+
+
+# ------------------------------------------------------------------ modules named on the command line
+
+DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+
+
+def parse_input_spec(text: str) -> tuple[str, tuple[int, ...], str]:
+    """``"NAME=1x3x32x32:float32"`` as ``("NAME", (1, 3, 32, 32), "float32")``; the dtype
+    defaults to float32.
+
+    Raises:
+        ValueError: the text is not ``NAME=SHAPE[:DTYPE]``, a dim is not a positive integer, or
+            the dtype is not one of ``DTYPES``.
+    """
+    name, sep, rest = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"'{text}': expected NAME=SHAPE[:DTYPE], e.g. images=1x3x32x32:float32")
+    dims, _, dtype = rest.partition(":")
+    dtype = dtype.strip() or "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"'{text}': unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    parts = [p.strip() for p in dims.replace(",", "x").split("x")]
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"'{text}': the shape must be positive integers separated by 'x', e.g. 1x3x32x32")
+    return name.strip(), tuple(int(p) for p in parts), dtype
+
+
+def example_tensor(shape: Sequence[int], dtype: str, generator: Any = None) -> Any:
+    """A tensor to export on: standard normal floats; integers and booleans 0 or 1 (valid as
+    masks and as indices into any table)."""
+    import torch
+
+    torch_dtype = getattr(torch, dtype)
+    if torch_dtype.is_floating_point:
+        return torch.randn(tuple(shape), generator=generator).to(torch_dtype)
+    return torch.randint(0, 2, tuple(shape), generator=generator).to(torch_dtype)
+
+
+def load_factory(reference: str) -> tuple[Any, tuple | None]:
+    """Import ``package.module:factory`` or ``path/to/file.py:factory`` and call the factory.
+
+    The factory takes no arguments and returns a ``torch.nn.Module`` or a ``(module,
+    example_args)`` tuple. A dotted module is imported with the working folder on the path, as
+    ``python -m`` does.
+
+    Returns:
+        The module and its example arguments as a tuple (None when the factory gave none).
+
+    Raises:
+        ExportError: the reference is malformed, the module cannot be imported, it has no such
+            callable, or the factory fails or returns something else.
+    """
+    import torch
+
+    where, sep, attribute = reference.rpartition(":")
+    if not sep or not where or not attribute.isidentifier():
+        raise ExportError(f"export: '{reference}' is not MODULE:FACTORY (e.g. mypkg.models:build or "
+                          "path/to/model.py:build)")
+    module = _import(where)
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ExportError(f"export: {where} has no factory '{attribute}'")
+    try:
+        made = factory()
+    except Exception as err:  # the user's code may raise anything: report it as one line
+        raise ExportError(f"export: {reference}() failed: {type(err).__name__}: {_first_line(err)}") from err
+    example = None
+    if isinstance(made, tuple) and len(made) == 2:
+        made, example = made
+        example = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    if not isinstance(made, torch.nn.Module):
+        raise ExportError(f"export: {reference}() returned {type(made).__name__}; expected a torch.nn.Module "
+                          "or a (module, example_args) tuple")
+    return made, example
+
+
+def _import(where: str) -> Any:
+    """The module at ``where``: a ``.py`` path, or a dotted name importable from the working folder.
+
+    Raises:
+        ExportError: the file is missing, or importing it fails.
+    """
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise ExportError(f"export: {where}: no such file")
+        name = f"onnxpress_factory_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ExportError(f"export: {where}: not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look their module up here
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:  # the user's code may raise anything: report it as one line
+            sys.modules.pop(name, None)
+            raise ExportError(f"export: cannot import {where}: {type(err).__name__}: {_first_line(err)}") from err
+        return module
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(where)
+    except Exception as err:  # as above; ModuleNotFoundError is the common case
+        raise ExportError(f"export: cannot import {where}: {type(err).__name__}: {_first_line(err)}") from err
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
