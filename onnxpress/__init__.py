@@ -29,7 +29,7 @@ _EXPORTS = {
     "PassRecord": "onnxpress.pipeline", "Pipeline": "onnxpress.pipeline", "PipelineResult": "onnxpress.pipeline",
     "Runner": "onnxpress.runtime", "ValidationReport": "onnxpress.report",
     "inspect": "onnxpress.summary", "load": "onnxpress.io", "save": "onnxpress.io",
-    "export": "onnxpress.export", "validate": "onnxpress.validate",
+    "export": "onnxpress.export", "export_hf": "onnxpress.export_hf", "validate": "onnxpress.validate",
     "optimize": "onnxpress.optimize", "OptimizeResult": "onnxpress.optimize", "Cache": "onnxpress.cache",
     "replay": "onnxpress.lockfile", "sweep": "onnxpress.sweep",
 }
@@ -59,7 +59,7 @@ class _Package(types.ModuleType):
     they keep meaning the functions (``from onnxpress.validate import ...`` is unaffected)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("export", "validate", "optimize", "sweep") and isinstance(value, types.ModuleType):
+        if name in ("export", "export_hf", "validate", "optimize", "sweep") and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
 
@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from onnxpress.errors import (DataError, ExportError, ModelError, OnnxpressError, PassError,
                                   PipelineError, ProviderError, RecipeError)
     from onnxpress.export import export
+    from onnxpress.export_hf import export_hf
     from onnxpress.cache import Cache
     from onnxpress.io import load, save
     from onnxpress.lockfile import replay
