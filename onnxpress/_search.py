@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from onnxpress import modelinfo, runtime
 from onnxpress.metrics import compare
+from onnxpress.progress import Report, Tracker, track
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +123,16 @@ def _lowrank_rank(k: int, n: int) -> int:
 # ----------------------------------------------------------------------------- capture
 
 
-def capture(runner: runtime.Runner, model: ir.Model, layers: list[Layer], feeds: Sequence[dict]) -> None:
+def capture(runner: runtime.Runner, model: ir.Model, layers: list[Layer], feeds: Sequence[dict],
+            progress: Report | None = None) -> None:
     """Simulate every decision on each layer's captured inputs: fills ``layer.errors`` (relative
-    output error per decision) and ``layer.macs``."""
+    output error per decision) and ``layer.macs``; ``progress`` is told how many layers are done
+    (a ``simulate`` step)."""
     names = {name for layer in layers for name in (layer.input, layer.output)}
     exposed, _ = modelinfo.expose_intermediates(model, names)
     # a layer reading a graph input reads it from the feed
     runs = [{**feed, **run} for feed, run in zip(feeds, runner.outputs(exposed, feeds))]
-    for layer in layers:
+    for layer in track(layers, progress, "simulate", unit="layers"):
         inputs = [run[layer.input] for run in runs if layer.input in run]
         outputs = [run[layer.output] for run in runs if layer.output in run]
         if not inputs or not outputs:
@@ -247,9 +250,14 @@ def noise_model(model: ir.Model, layers: list[Layer]) -> tuple[ir.Model, dict[st
 
 def measure_gains(runner: runtime.Runner, model: ir.Model, layers: list[Layer], feeds: Sequence[dict],
                   reference: Sequence[dict], score: Callable[[dict], float],
-                  progress: Callable[[str], None] | None = None) -> None:
+                  progress: Report | None = None) -> None:
     """Measure each layer's ``gain``: ``(1 - score) / eps^2`` with noise of relative size ``eps``
-    on its output alone (one session; the noise is switched per layer through extra inputs)."""
+    on its output alone (one session; the noise is switched per layer through extra inputs).
+
+    ``progress`` is told how many layers are measured (a ``sensitivity`` step). The noisy runs
+    of every layer go to ONNX Runtime as one batch (one session: the seeded noise draws follow
+    one another), so the step starts, waits for that batch, then counts the layers judged.
+    """
     rms = _output_rms(runner, model, layers, feeds)
     noisy, switches = noise_model(model, layers)
     off = {name: np.zeros((), np.float32) for name in switches.values()}
@@ -261,14 +269,14 @@ def measure_gains(runner: runtime.Runner, model: ir.Model, layers: list[Layer], 
         batch.extend({**feed, **on} for feed in feeds)
     if not batch:
         return
-    outputs = runner.outputs(noisy, batch)
-    per = len(feeds)
-    for index, layer in enumerate(order):
-        stats = compare(reference, outputs[index * per:(index + 1) * per])
-        drop = max(0.0, 1.0 - score(stats))
-        layer.gain = max(drop / _NOISE_EPS ** 2, 1e-6)
-        if progress and (index + 1) % 8 == 0:
-            progress(f"sensitivity: {index + 1}/{len(order)} layers measured")
+    with Tracker(progress, "sensitivity", len(order), "layers") as step:
+        outputs = runner.outputs(noisy, batch)
+        per = len(feeds)
+        for index, layer in enumerate(order):
+            stats = compare(reference, outputs[index * per:(index + 1) * per])
+            drop = max(0.0, 1.0 - score(stats))
+            layer.gain = max(drop / _NOISE_EPS ** 2, 1e-6)
+            step.advance()
 
 
 def _output_rms(runner: runtime.Runner, model: ir.Model, layers: list[Layer], feeds: Sequence[dict]) -> dict[str, float]:

@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import gc
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -47,6 +46,7 @@ import onnx_ir as ir
 from onnxpress.calibration import Calibration
 from onnxpress.errors import DataError
 from onnxpress.metrics import compare
+from onnxpress.progress import Report, Step, Tracker, track
 
 if TYPE_CHECKING:
     from onnxpress.layerwise import LayerwiseResult
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 Metric = Callable[[Sequence[Mapping[str, np.ndarray]]], float]
 Feed = Mapping[str, np.ndarray]
+T = TypeVar("T")
 
 
 @dataclass
@@ -78,14 +79,15 @@ class PassContext:
         metric: a task metric over a model's outputs (higher is better), or None.
         target: the target profile (quantization defaults, tolerances, latency settings).
         runner: the :class:`~onnxpress.runtime.Runner` on that target.
-        progress: called with a message from long steps (or None).
+        progress: called with a line from long steps (or None): a message, or how far a step
+            got (a ``progress.Step``, a line too); see :meth:`say` and :meth:`track`.
         teacher: the model the pipeline was given, after its input checks (read-only: passes
             that learn from it, such as ``distill``, must not change it), or None.
     """
 
     def __init__(self, *, runner: Runner, calibration: Calibration | None = None,
                  evaluation: Calibration | None = None, metric: Metric | None = None,
-                 progress: Callable[[str], None] | None = None, teacher: ir.Model | None = None) -> None:
+                 progress: Report | None = None, teacher: ir.Model | None = None) -> None:
         self.runner = runner
         self.calibration = calibration
         self.evaluation = evaluation
@@ -108,10 +110,21 @@ class PassContext:
         return self.runner.target
 
     def say(self, message: str) -> None:
-        """Report progress of a long step."""
-        logger.info("%s", message)
+        """Report progress of a long step: a message (logged at INFO) or a ``progress.Step``
+        (logged at DEBUG: a running step reports about once a second)."""
+        logger.log(logging.DEBUG if isinstance(message, Step) else logging.INFO, "%s", message)
         if self.progress is not None:
             self.progress(message)
+
+    def track(self, items: Iterable[T], task: str, *, total: int | None = None, unit: str = "") -> Iterator[T]:
+        """``items``, telling the progress callback how many were handled (``progress.track``):
+        ``for alpha in context.track(alphas, "smoothquant alpha", unit="alphas")``."""
+        return track(items, self.say, task, total=total, unit=unit)
+
+    def step(self, task: str, total: int | None = None, unit: str = "") -> Tracker:
+        """A ``progress.Tracker`` for a step counted by hand (``advance``, ``update``, ``end``;
+        or use it as a context manager)."""
+        return Tracker(self.say, task, total, unit)
 
     def statistics(self, model: ir.Model, **request: Any) -> ActivationStats:
         """Activation statistics of ``model`` over the calibration data.
@@ -127,22 +140,12 @@ class PassContext:
             raise DataError("this pass needs calibration data")
         key = (fingerprint(model, content=True), repr(sorted(request.items())))
         if key not in self._statistics:
-            self._statistics[key] = collect(model, self.calibration, runner=self.runner,
-                                            progress=self._every(2.0, "statistics"), **request)
+            limit = request.get("limit")
+            total = len(self.calibration) if limit is None else min(limit, len(self.calibration))
+            with self.step("statistics", total, "feeds") as sweep:
+                self._statistics[key] = collect(model, self.calibration, runner=self.runner,
+                                                progress=lambda done, _: sweep.update(done), **request)
         return self._statistics[key]
-
-    def _every(self, seconds: float, what: str) -> Callable[[int, int | None], None] | None:
-        """A ``(done, total)`` callback that says how far ``what`` got, at most every ``seconds``."""
-        if self.progress is None:
-            return None
-        last = [time.monotonic()]
-
-        def tell(done: int, total: int | None) -> None:
-            if time.monotonic() - last[0] >= seconds or done == total:
-                last[0] = time.monotonic()
-                self.say(f"{what}: {done}/{total if total is not None else '?'} samples")
-
-        return tell
 
     def outputs(self, model: ir.Model, feeds: Sequence[Feed] | None = None) -> list[dict[str, np.ndarray]]:
         """The model's outputs on ``feeds`` (default: the evaluation data)."""
@@ -173,7 +176,7 @@ class PassContext:
 
         source = self.evaluation or self.calibration
         feed = source.take(1)[0] if source is not None else random_feeds(model, 1)[0]
-        return self.runner.latency(model, feed, sandboxed=False).median_ms
+        return self.runner.latency(model, feed, sandboxed=False, progress=self.say).median_ms
 
     def compare_layers(self, reference: ir.Model, candidate: ir.Model, samples: int = 4) -> LayerwiseResult:
         """Every intermediate tensor the two models share, compared on evaluation feeds."""
@@ -182,7 +185,7 @@ class PassContext:
         source = self.evaluation or self.calibration
         if source is None:
             raise DataError("a layer-wise comparison needs calibration data")
-        return compare_layers(reference, candidate, source.take(samples), runner=self.runner)
+        return compare_layers(reference, candidate, source.take(samples), runner=self.runner, progress=self.say)
 
 
 class Pass(ir.passes.PassBase):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -458,23 +458,83 @@ def declare_ranks(model: ir.Model, feeds: Sequence[Feed], input_shapes: InputSha
 
 
 def check_feed(model: ir.Model, feed: Feed, where: str = "data") -> None:
-    """Raise ``DataError`` unless ``feed`` has every input with the right rank and dtype."""
-    specs = {spec.name: spec for spec in input_specs(model)}
-    missing = sorted(set(specs) - set(feed))
+    """Raise ``DataError`` unless ``feed`` has every input with the right rank, fixed dims and dtype."""
+    fit_feed(input_specs(model), feed, where, cast=False)
+
+
+# Casts that keep every value a source can give: token ids between int32 and int64 (range
+# checked), and float64 (numpy's default) down to float32.
+_SAFE_CASTS = frozenset({(np.dtype(np.int32), np.dtype(np.int64)), (np.dtype(np.int64), np.dtype(np.int32)),
+                         (np.dtype(np.float64), np.dtype(np.float32))})
+
+Hint = Callable[[InputSpec, np.ndarray], "str | None"]
+
+
+def fit_feed(specs: Sequence[InputSpec], feed: Feed, where: str, *, given: str = "the data gives",
+             hint: Hint | None = None, cast: bool = True) -> dict[str, np.ndarray]:
+    """``feed`` checked against the model's inputs, with the safe dtype casts applied.
+
+    Every input must be there (and nothing else), with the declared rank, fixed dims and dtype.
+    With ``cast``, int32 and int64 convert into each other (values in range) and float64 into
+    float32; any other dtype difference is an error.
+
+    Args:
+        specs: the model's inputs (:func:`input_specs`).
+        where: starts every message: what the data is and where it comes from.
+        given: the subject of a mismatch, with its verb: ``the images give``.
+        hint: ``(spec, array)`` -> what to change, appended to a mismatch (None: nothing).
+        cast: apply the safe casts; without it any dtype difference is an error.
+
+    Raises:
+        DataError: one line naming the input, what it wants, what was given and the hint, e.g.
+            ``calibration (imgs): input 'x' wants float32 [batch,3,224,224], the images give
+            [1,3,32,32]: pass --image-size 224x224``.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    missing = sorted(set(by_name) - set(feed))
     if missing:
-        raise DataError(f"{where}: missing input(s) {missing}; the model takes {sorted(specs)}")
-    unknown = sorted(set(feed) - set(specs))
+        raise DataError(f"{where}: missing input(s) {missing}; the model takes {sorted(by_name)}, "
+                        f"{given} {sorted(feed)}")
+    unknown = sorted(set(feed) - set(by_name))
     if unknown:
-        raise DataError(f"{where}: unknown input(s) {unknown}; the model takes {sorted(specs)}")
-    for name, spec in specs.items():
+        raise DataError(f"{where}: unknown input(s) {unknown}; the model takes {sorted(by_name)}")
+    fitted = {}
+    for name, spec in by_name.items():
         array = np.asarray(feed[name])
-        if array.dtype != spec.dtype:
-            raise DataError(f"{where}: input '{name}' is {array.dtype}, the model wants {spec.dtype}")
-        if spec.shape is not None:
-            if array.ndim != len(spec.shape):
-                raise DataError(f"{where}: input '{name}' has rank {array.ndim}, the model wants "
-                                f"{len(spec.shape)} ({spec.describe()})")
-            for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
-                if isinstance(want, int) and got != want:
-                    raise DataError(f"{where}: input '{name}' has size {got} on axis {axis}, the "
-                                    f"model wants {want} ({spec.describe()})")
+        if array.dtype != spec.dtype and cast and (array.dtype, spec.dtype) in _SAFE_CASTS:
+            array = _cast(array, spec.dtype, where, name)
+        problem = _mismatch(spec, array)
+        if problem is not None:
+            extra = hint(spec, array) if hint is not None else None
+            raise DataError(f"{where}: input '{name}' wants {spec.dtype} {_dims(spec.shape)}, {given} {problem}"
+                            + (f": {extra}" if extra else ""))
+        fitted[name] = array
+    return fitted
+
+
+def _cast(array: np.ndarray, dtype: np.dtype, where: str, name: str) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer) and array.size:
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise DataError(f"{where}: input '{name}' wants {dtype} and its {array.dtype} values do not fit "
+                            f"({array.min()} to {array.max()})")
+    return array.astype(dtype)
+
+
+def _mismatch(spec: InputSpec, array: np.ndarray) -> str | None:
+    """What ``array`` gives where it does not fit ``spec`` (dtype and shape), else None."""
+    if array.dtype != spec.dtype:
+        return f"{array.dtype} {_dims(array.shape)}"
+    if spec.shape is None:
+        return None
+    if array.ndim != len(spec.shape) or any(isinstance(want, int) and got != want
+                                            for got, want in zip(array.shape, spec.shape)):
+        return _dims(array.shape)
+    return None
+
+
+def _dims(shape: Sequence[int | str | None] | None) -> str:
+    """``[batch,3,224,224]``: fixed sizes, dim names, ``?`` for unknown dims."""
+    if shape is None:
+        return "[?]"
+    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"

@@ -16,6 +16,7 @@ import onnx_ir as ir
 
 from onnxpress import modelinfo, runtime
 from onnxpress.metrics import error_stats
+from onnxpress.progress import Report, track
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,10 @@ class LayerwiseResult:
 
 
 def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Mapping[str, np.ndarray]], *,
-                   cosine_tolerance: float = 0.99, max_samples: int = 4, runner: Any = None) -> LayerwiseResult:
-    """Compare every intermediate tensor ``reference`` and ``candidate`` share by name."""
+                   cosine_tolerance: float = 0.99, max_samples: int = 4, runner: Any = None,
+                   progress: Report | None = None) -> LayerwiseResult:
+    """Compare every intermediate tensor ``reference`` and ``candidate`` share by name;
+    ``progress`` is told how many samples are compared (a ``layer-wise`` step)."""
     ref_model, ref_order = modelinfo.expose_intermediates(reference)
     cand_model, cand_order = modelinfo.expose_intermediates(candidate)
     alias = _dequantized_aliases(cand_model)
@@ -66,7 +69,7 @@ def compare_layers(reference: ir.Model, candidate: ir.Model, feeds: Sequence[Map
     runner = runner if runner is not None else runtime.Runner("cpu")
     with runner.session(ref_model, optimization="basic") as ref_session, \
             runner.session(cand_model, optimization="basic") as cand_session:
-        for feed in samples:
+        for feed in track(samples, progress, "layer-wise", unit="samples"):
             ref_out = ref_session.run(feed)
             cand_out = cand_session.run(feed)
             for name, _, _ in shared:

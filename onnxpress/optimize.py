@@ -48,6 +48,7 @@ from onnxpress.errors import DataError, OnnxpressError
 from onnxpress.metrics import compare
 from onnxpress.modelinfo import text_table
 from onnxpress.pipeline import Pipeline
+from onnxpress.progress import Report, Tracker, logged, pipeline_steps, track, within
 from onnxpress.recipe import recipe_text
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def optimize(model: ir.Model | str, *, target: str = "cpu", calibration: Iterabl
              max_drop: float | None = None, metric: Metric | None = None, objective: Objective = "latency",
              time_budget: float | None = None, cache: Cache | None = None, seed: int = 0,
              decisions: Sequence[str] | None = None, workers: int = 1, address: str | None = None,
-             progress: Callable[[str], None] | None = None) -> OptimizeResult:
+             progress: Report | None = None) -> OptimizeResult:
     """Search per-layer compression decisions for the best model within an accuracy budget.
 
     Args:
@@ -182,12 +183,14 @@ def optimize(model: ir.Model | str, *, target: str = "cpu", calibration: Iterabl
         decisions: the per-layer decisions to search (default: what the target allows).
         workers, address: build the method candidates as parallel trials (``trials``); latency
             is still measured serially here.
-        progress: called with one line per step.
+        progress: called with one line per step of the search, and with how far its long steps
+            got (``progress.Step`` lines: method candidates, simulations, sensitivity,
+            allocation rounds, latency runs, and the passes' own steps inside each candidate).
     """
     from onnxpress.io import load
 
     started = time.perf_counter()
-    say = progress or (lambda message: logger.info("%s", message))
+    say = progress if progress is not None else logged(None, logger)
     if objective not in ("latency", "size"):
         raise OnnxpressError(f"optimize: objective must be 'latency' or 'size', got {objective!r}")
     if max_drop is not None and metric is None:
@@ -233,6 +236,7 @@ class _Search:
         self.cache = cache
         self.seed = seed
         self.say = say
+        self.tell = within(say, "optimize")  # the search's steps, as steps of "optimize"
         self.deadline = deadline
         self.workers, self.address = workers, address
         self.candidates: list[Candidate] = []
@@ -284,7 +288,7 @@ class _Search:
 
     def _prepare(self) -> None:
         self.say("optimize: simplify and measure the input model")
-        result = self._pipeline([{"name": "simplify"}], self.source)
+        result = self._pipeline([{"name": "simplify"}], self.source, "fp32")
         self.base = result
         self.reference = self.runner.outputs(self.source, self.eval_feeds)
         self.reference_metric = None if self.metric is None else float(self.metric(self.reference))
@@ -312,7 +316,7 @@ class _Search:
         self.methods = {}
         if self.workers != 1 or self.address is not None:
             self._build_in_trials([[{"name": "simplify"}] + steps for _, steps in methods])
-        for name, steps in methods:
+        for name, steps in track(methods, self.tell, "methods", unit="candidates"):
             self._check_time()
             self.methods[name] = self._candidate(name, [{"name": "simplify"}] + steps, "method")
 
@@ -332,7 +336,7 @@ class _Search:
         items = [_Trial(str(self.cache.folder), source, steps, feeds, self.target, self.seed) for steps in jobs]
         self.say(f"optimize: building {len(items)} method candidates as parallel trials")
         failures = [error for error in run_trials(_build_trial, items, workers=self.workers, address=self.address,
-                                                  progress=self.say, what="method candidate") if error]
+                                                  progress=self.tell, what="method candidate") if error]
         for error in failures:
             self.say(f"optimize: a trial failed ({error}); it is built again here")
 
@@ -351,12 +355,12 @@ class _Search:
                 layer.errors, layer.gain, layer.macs = (stored[layer.name]["errors"], stored[layer.name]["gain"],
                                                         stored[layer.name]["macs"])
             return
-        _search.capture(self.runner, self.base, self.layers, feeds)
+        _search.capture(self.runner, self.base, self.layers, feeds, self.tell)
         self._check_time()
         held_back = self.calibration.take(_CAPTURE_SAMPLES + _SENSITIVITY_SAMPLES)[-_SENSITIVITY_SAMPLES:]
         reference = self.runner.outputs(self.base, held_back)
         self.say(f"optimize: measure the sensitivity of {len(self.layers)} layers (noise on one at a time)")
-        _search.measure_gains(self.runner, self.base, self.layers, held_back, reference, _score, self.say)
+        _search.measure_gains(self.runner, self.base, self.layers, held_back, reference, _score, self.tell)
         for layer in self.layers:
             if layer.output in {v.name for v in self.base.graph.outputs}:
                 layer.gain = 0.5  # noise e on an output itself costs e^2 / 2 of its cosine
@@ -378,7 +382,7 @@ class _Search:
         budget = self._cosine_drop() * _MARGIN
         best: Candidate | None = None
         last_failed: tuple[_search.Plan, Candidate] | None = None
-        for round_index in range(_ROUNDS):
+        for round_index in track(range(_ROUNDS), self.tell, "allocation", unit="rounds"):
             self._check_time()
             plan = _search.allocate(self.layers, cost, value, budget)
             signature = tuple(sorted(plan.decisions.items()))
@@ -418,19 +422,22 @@ class _Search:
                          key=lambda name: -cost(self._layer(name), plan.decisions[name]))
         decisions = dict(plan.decisions)
         step = max(1, len(changed) // 2)
-        while changed:
-            self._check_time()
-            for name in changed[:step]:
-                decisions[name] = _search.FLOAT
-            changed = changed[step:]
-            counts: dict[str, int] = {}
-            for d in decisions.values():
-                counts[d] = counts.get(d, 0) + 1
-            label = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-            candidate = self._candidate(f"revert ({label})", self._steps(decisions), "revert", decisions=decisions)
-            if candidate.meets:
-                return
-            step = max(1, step // 2)
+        with Tracker(self.tell, "revert", None, "candidates") as reverting:
+            while changed:
+                self._check_time()
+                for name in changed[:step]:
+                    decisions[name] = _search.FLOAT
+                changed = changed[step:]
+                counts: dict[str, int] = {}
+                for d in decisions.values():
+                    counts[d] = counts.get(d, 0) + 1
+                label = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                candidate = self._candidate(f"revert ({label})", self._steps(decisions), "revert",
+                                            decisions=decisions)
+                reverting.advance()
+                if candidate.meets:
+                    return
+                step = max(1, step // 2)
 
     def _layer(self, name: str) -> _search.Layer:
         return next(layer for layer in self.layers if layer.name == name)
@@ -531,7 +538,7 @@ class _Search:
         candidate = Candidate(name, steps, origin, decisions)
         started = time.perf_counter()
         try:
-            model = self._pipeline(steps, self.source)
+            model = self._pipeline(steps, self.source, name)
         except OnnxpressError as err:
             candidate.error = str(err).splitlines()[0]
             candidate.seconds = time.perf_counter() - started
@@ -542,12 +549,12 @@ class _Search:
         self._add(candidate, model=model)
         return candidate
 
-    def _pipeline(self, steps: list[dict[str, Any]], model: ir.Model) -> ir.Model:
+    def _pipeline(self, steps: list[dict[str, Any]], model: ir.Model, label: str) -> ir.Model:
         passes = [registry.create(step["name"], {k: v for k, v in step.items() if k != "name"},
                                   where="optimize") for step in steps]
         pipeline = Pipeline(passes, target=self.target, check=False, golden_samples=0, latency_runs=0,
                             accuracy_floor=0, cache=self.cache, seed=self.seed)
-        return pipeline.run(model, self.calibration).model
+        return pipeline.run(model, self.calibration, progress=pipeline_steps(self.tell, label)).model
 
     def _add(self, candidate: Candidate, *, model: ir.Model) -> None:
         """Measure ``model`` (cached by its digest) and record the candidate."""
@@ -558,7 +565,7 @@ class _Search:
             outputs = self.runner.outputs(model, self.eval_feeds)
             stats = compare(self.reference, outputs)
             stored = {"score": _score(stats), "metric": None if self.metric is None else float(self.metric(outputs)),
-                      "latency_ms": self._latency(model), "size": _proto.weight_bytes(model)}
+                      "latency_ms": self._latency(model, candidate.name), "size": _proto.weight_bytes(model)}
             if self.cache:
                 self.cache.put_json(key, stored)
         else:
@@ -578,8 +585,8 @@ class _Search:
             return self.reference_metric - candidate.metric <= self.max_drop
         return True
 
-    def _latency(self, model: ir.Model) -> float:
-        return float(self.runner.latency(model, self.latency_feed).median_ms)
+    def _latency(self, model: ir.Model, name: str) -> float:
+        return float(self.runner.latency(model, self.latency_feed, progress=within(self.tell, name)).median_ms)
 
     def _key(self, kind: str, model: ir.Model, extra: dict[str, Any]) -> str:
         return make_key(kind=kind, model=model_digest(model), **self.key_parts, **extra)

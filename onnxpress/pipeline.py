@@ -35,6 +35,7 @@ from onnxpress.errors import (AccuracyFloorError, DataError, ModelError, Onnxpre
 from onnxpress.feeds import check_feed, declare_ranks, random_feeds, unshaped_inputs
 from onnxpress.metrics import COSINE, RELATIVE_ERROR, ErrorStats, compare
 from onnxpress.modelinfo import format_bytes, node_count, parameter_count, text_table
+from onnxpress.progress import Step
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +44,20 @@ Progress = Callable[["ProgressEvent"], None]
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """What a progress display is told: a pass starts (no record, no message), reports
-    progress (``message``) or ends (``record``)."""
+    """What a progress display is told: a pass starts (no record, no message), says something
+    (``message``), tells how far one of its long steps got (``message`` is a
+    ``progress.Step``: see ``step``) or ends (``record``)."""
 
     index: int
     total: int
     name: str
     record: "PassRecord | None" = None
     message: str = ""
+
+    @property
+    def step(self) -> Step | None:
+        """How far a step of the pass got (statistics 37/256 feeds), when this event says that."""
+        return self.message if isinstance(self.message, Step) else None
 
 
 @dataclass
@@ -255,7 +262,8 @@ class Pipeline:
             evaluation: held-out feeds for the passes' accuracy decisions (default: a fifth of
                 calibration). Verdict data belongs to ``validate``, never here.
             metric: a task metric over a model's outputs on the evaluation feeds (higher is better).
-            progress: called when a pass starts and ends, and with messages from long passes.
+            progress: called when a pass starts and ends, with messages from long passes, and with
+                how far their long steps got (``ProgressEvent.step``; about once a second at most).
         """
         from onnxpress.io import load
 

@@ -11,10 +11,13 @@ input_shapes = { images = [1, 3, 640, 640] }   # shapes of generated inputs (gol
                                # without them unknown sizes are found by trial runs
 
 [calibration]                  # optional; paths are relative to the recipe
-source = "calib.npz"           # a .npz (samples on axis 0), a folder of .npz, or a folder of images
-type = "npz"                   # or "images", with input = "name" and the preprocessing keys:
-batch_size = 1                 # size, crop, color, scale, mean, std, layout, dtype (see ImageSpec)
-limit = 200
+source = "calib.npz"           # a .npz (samples on axis 0), a .npy, a folder of .npz or of images,
+                               # a text file (one sample a line), or "feeds.py:make" / "pkg.mod:make"
+type = "npz"                   # optional: npz, npy, images, text or python (default: from the source)
+batch_size = 1                 # samples (rows, images, lines) per feed
+limit = 200                    # images: input, preprocessor, size, crop, color, scale, mean, std,
+                               #   layout, dtype (see ImageSpec; unset ones come from the model)
+                               # text: tokenizer (required), max_length; python: function
 
 [evaluation]                   # optional, same keys: the data verdicts are judged on (never
 source = "eval.npz"            # shown to the passes); without it a held-out split of calibration
@@ -320,27 +323,37 @@ def pass_options(item: Any, *, where: str = "") -> tuple[str, dict[str, Any]]:
 
 
 def source_table(source: DataSource, *, base: Path | None = None, folder: Path | None = None) -> dict[str, Any]:
-    """A data source as its recipe table, every key explicit (``DataSource.from_table`` reads it back).
+    """A data source as its recipe table, every key it sets explicit (``DataSource.from_table``
+    reads it back).
 
-    ``base`` is the folder the source's relative path is resolved against now (a recipe's folder;
-    the working directory when None). The path is written relative to ``folder`` (where the
-    table will be written) when the data lies inside it, else absolute, so a folder holding both
-    can be moved. ``folder`` None keeps the path as it is.
+    ``base`` is the folder the source's relative paths are resolved against now (a recipe's
+    folder; the working directory when None). Paths (the source, a tokenizer, a preprocessor
+    config, a Python file) are written relative to ``folder`` (where the table will be written)
+    when they lie inside it, else absolute, so a folder holding both can be moved. ``folder``
+    None keeps them as they are. A Python module name is written as it is.
     """
-    path = Path(source.source)
-    if folder is not None:
-        resolved = Path(os.path.abspath(path if path.is_absolute() else (base or Path.cwd()) / path))
-        try:
-            path = resolved.relative_to(Path(os.path.abspath(folder)))
-        except ValueError:
-            path = resolved
-    table: dict[str, Any] = {"source": path.as_posix(), "type": source.type}
-    if source.type == "npz":
+    def place(path: Path) -> str:
+        path = Path(path)
+        if folder is not None:
+            resolved = Path(os.path.abspath(path if path.is_absolute() else (base or Path.cwd()) / path))
+            try:
+                path = resolved.relative_to(Path(os.path.abspath(folder)))
+            except ValueError:
+                path = resolved
+        return path.as_posix()
+
+    module = source.type == "python" and not str(source.source).endswith(".py")
+    table: dict[str, Any] = {"source": str(source.source) if module else place(source.source)}
+    if source.type is not None:
+        table["type"] = source.type
+    if source.type != "python":
         table["batch_size"] = source.batch_size
-    if source.limit is not None:
-        table["limit"] = source.limit
-    if source.input is not None:
-        table["input"] = source.input
+    for key in ("limit", "input", "max_length", "function"):
+        if getattr(source, key) is not None:
+            table[key] = getattr(source, key)
+    for key in ("tokenizer", "preprocessor"):
+        if getattr(source, key) is not None:
+            table[key] = place(getattr(source, key))
     if source.image is not None:
         for spec in dataclasses.fields(source.image):  # the ImageSpec fields are the table's image keys
             value = getattr(source.image, spec.name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -32,6 +33,7 @@ import onnx_ir as ir
 
 from onnxpress import _proto, sandbox
 from onnxpress.errors import DataError, ProviderError
+from onnxpress.progress import Report, Tracker
 
 if TYPE_CHECKING:
     from onnxpress.targets import Target
@@ -255,8 +257,9 @@ def _check(source: bytes | str) -> None:
         raise CheckFailed(_first_line(err)) from err
 
 
-def _perform(source: bytes | str, request: _Request) -> RunResult:
-    """Build one session for ``request`` and do what it asks (in the worker or in-process)."""
+def _perform(source: bytes | str, request: _Request, progress: Report | None = None) -> RunResult:
+    """Build one session for ``request`` and do what it asks (in the worker or in-process);
+    ``progress`` is told how far a latency measurement got (in-process only)."""
     if request.check:
         _check(source)
     if request.reference:
@@ -275,7 +278,7 @@ def _perform(source: bytes | str, request: _Request) -> RunResult:
         if request.feeds and request.quick_runs:
             result.quick_latency_ms = float(np.median(_times(session, request.feeds[0], request.quick_runs)))
         if request.feeds and request.timing is not None:
-            result.latency = _measure(session, request.feeds[0], request.timing)
+            result.latency = _measure(session, request.feeds[0], request.timing, progress)
         if optimized is not None:
             result.census = _census(optimized)
     return result
@@ -311,14 +314,23 @@ def _times(session: Session, feed: Feed, runs: int) -> list[float]:
     return times
 
 
-def _measure(session: Session, feed: Feed, timing: Timing) -> Latency:
+def _measure(session: Session, feed: Feed, timing: Timing, progress: Report | None = None) -> Latency:
+    tracker = Tracker(progress, "latency", None, "runs")
+    began = time.perf_counter()
     for _ in range(timing.warmup):
         session.run(feed)
+    if timing.warmup:  # the runs ``min_seconds`` will take at the warm-up's pace: the step's total
+        pace = (time.perf_counter() - began) / timing.warmup
+        expected = timing.min_runs if pace <= 0 else math.ceil(timing.min_seconds / pace)
+        tracker.update(0, min(timing.max_runs, max(timing.min_runs, expected)))
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < timing.max_runs and (len(times) < timing.min_runs
                                             or time.perf_counter() - started < timing.min_seconds):
         times.extend(_times(session, feed, 1))
+        tracker.update(len(times), None if tracker.total is None else max(len(times), tracker.total))
+    tracker.update(len(times), len(times))
+    tracker.end()
     ordered = sorted(times)
     return Latency(median_ms=statistics.median(ordered), p90_ms=float(np.quantile(ordered, 0.9)),
                    mean_ms=statistics.fmean(ordered), runs=len(ordered))
@@ -514,7 +526,8 @@ class Runner:
 
     def run(self, model: ir.Model, feeds: Sequence[Feed], *, keep: int | None = None, check: bool = False,
             quick_runs: int = 0, timing: bool = False, census: bool = False, placement: bool = False,
-            quiet: bool = False, what: str = "ONNX Runtime session", sandboxed: bool | None = None) -> RunResult:
+            quiet: bool = False, what: str = "ONNX Runtime session", sandboxed: bool | None = None,
+            progress: Report | None = None) -> RunResult:
         """Build one session for ``model`` and run every feed in it.
 
         Args:
@@ -526,6 +539,8 @@ class Runner:
             placement: also read from a profile which provider ran each node.
             quiet: ONNX Runtime logs nothing but fatal errors (for trials expected to fail).
             what: names the step in limit errors.
+            progress: told how many timed runs of a latency measurement (``timing``) are done:
+                as they go in this process, at the start and the end in the limited worker.
 
         Under limits, checker and ONNX Runtime failures in the worker come back as
         ``CheckFailed`` and ``RunFailed``; limits as ``sandbox.ResourceLimitError``.
@@ -540,7 +555,17 @@ class Runner:
         limits = sandbox.current()
         if sandboxed is False or (sandboxed is None and limits is None):
             artefact = self._artefact(model)[1]  # held: its folder (large models) lives while used
-            return _perform(artefact.source, request)
+            return _perform(artefact.source, request, progress if timing else None)
+        if timing and progress is not None:  # the worker cannot call back: the step's start and end
+            with Tracker(progress, "latency", None, "runs") as tracker:
+                result = self._run_limited(model, request, limits, what)
+                if result.latency is not None:
+                    tracker.update(result.latency.runs, result.latency.runs)
+            return result
+        return self._run_limited(model, request, limits, what)
+
+    def _run_limited(self, model: ir.Model, request: _Request, limits: Any, what: str) -> RunResult:
+        """``run`` in the limited block's worker."""
         weights = _proto.weight_bytes(model)
         if limits is not None and limits.memory_bytes is not None and weights > limits.memory_bytes:
             raise sandbox.ResourceLimitError(
@@ -567,9 +592,12 @@ class Runner:
         """The model's outputs on every feed (``run``'s options apply)."""
         return self.run(model, list(feeds), **options).outputs
 
-    def latency(self, model: ir.Model, feed: Feed, *, sandboxed: bool | None = None) -> Latency:
-        """Median and p90 latency of ``feed`` with the profile's warm-up and run counts."""
-        result = self.run(model, [feed], keep=0, timing=True, what="latency measurement", sandboxed=sandboxed)
+    def latency(self, model: ir.Model, feed: Feed, *, sandboxed: bool | None = None,
+                progress: Report | None = None) -> Latency:
+        """Median and p90 latency of ``feed`` with the profile's warm-up and run counts;
+        ``progress`` is told how many timed runs are done (a ``latency`` step, in runs)."""
+        result = self.run(model, [feed], keep=0, timing=True, what="latency measurement", sandboxed=sandboxed,
+                          progress=progress)
         assert result.latency is not None
         return result.latency
 

@@ -23,6 +23,7 @@ shared the same way: each worker opens the same folder, whose entries are writte
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -31,10 +32,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from onnxpress import targets, trials
 from onnxpress.errors import AccuracyFloorError, DataError, ModelError, OnnxpressError
+from onnxpress.progress import Report, Step, pipeline_steps, within
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +122,7 @@ class SweepResult:
 
 def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target: str = "cpu",
           data: str | None = None, workers: int = 1, address: str | None = None, out: str | None = None,
-          cache_folder: str | None = None, progress: Callable[[str], None] | None = None) -> SweepResult:
+          cache_folder: str | None = None, progress: Report | None = None) -> SweepResult:
     """Run every recipe on every model, then measure latency serially; see the module docstring.
 
     Args:
@@ -135,7 +137,9 @@ def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target
         out: folder for the output models, one file per cell (``<model>__<recipe>.onnx``),
             created if missing; None keeps them in a temporary folder until latency is measured.
         cache_folder: a pass-result cache folder shared by every cell, or None for no cache.
-        progress: told one line as each cell ends and as each latency is measured.
+        progress: told how far the sweep got, as ``progress.Step`` lines: each cell that ends
+            (``"3/9 cells done: <cell>"``), each latency measured, and, when the cells run here
+            one after another, the long steps of each cell's passes.
 
     Raises:
         ModelError, RecipeError, DataError: a model, recipe or data path is missing or
@@ -173,8 +177,11 @@ def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target
         cells = [_Cell(str(m.resolve()), str(r.resolve()), model_name, recipe_name, **shared)
                  for m, model_name in zip(model_paths, _unique_names(model_paths))
                  for r, recipe_name in zip(recipe_paths, _unique_names(recipe_paths))]
-        rows = trials.run_trials(_run_cell, cells, workers=workers, address=address, progress=progress,
-                                 what="cell")
+        if progress is not None:
+            progress(Step("cells", 0, len(cells), "cells", text=f"0/{len(cells)} cells done"))
+        serial = count <= 1 and address is None  # a callback does not travel to Ray workers
+        run = functools.partial(_run_cell, progress=progress) if serial and progress is not None else _run_cell
+        rows = trials.run_trials(run, cells, workers=workers, address=address, progress=progress, what="cell")
         notes = _measure_latency(cells, rows, target, data, progress)
         for row in rows:
             if out is None:
@@ -204,8 +211,9 @@ def _warn_timing_passes(recipes: list) -> None:
                                "differ from a sweep with one worker", path, name)
 
 
-def _run_cell(cell: _Cell) -> dict[str, Any]:
-    """Run one recipe on one model: the row (a failure of the pipeline is the row's status)."""
+def _run_cell(cell: _Cell, progress: Report | None = None) -> dict[str, Any]:
+    """Run one recipe on one model: the row (a failure of the pipeline is the row's status);
+    ``progress`` is told how far the long steps of its passes got."""
     from onnxpress import runtime
     from onnxpress.cache import model_digest
     from onnxpress.io import load, save
@@ -223,7 +231,7 @@ def _run_cell(cell: _Cell) -> dict[str, Any]:
         pipeline = _pipeline(Pipeline, load_recipe(cell.recipe), cell.cache_folder)
         calibration = _calibration(cell, pipeline, model)
         try:
-            result = pipeline.run(model, calibration)
+            result = pipeline.run(model, calibration, progress=pipeline_steps(progress, str(cell)))
         except AccuracyFloorError as err:
             if err.result is None:
                 raise
@@ -271,7 +279,7 @@ def _accuracy(row: dict[str, Any], result) -> None:
 
 
 def _measure_latency(cells: list[_Cell], rows: list[dict[str, Any]], target: str, data: str | None,
-                     progress: Callable[[str], None] | None) -> list[str]:
+                     progress: Report | None) -> list[str]:
     """Latency of every input model and every saved output, one at a time, after all the cells.
 
     Returns notes for the table (models that could not be timed are logged and left blank).
@@ -284,6 +292,15 @@ def _measure_latency(cells: list[_Cell], rows: list[dict[str, Any]], target: str
     outputs = [(cell, row) for cell, row in zip(cells, rows) if row["output"] is not None]
     total = len({cell.model for cell in cells}) + len(outputs)
     done = 0
+    started = time.monotonic()
+
+    def tell(name: str) -> None:
+        if progress is not None:
+            progress(Step("latency", done, total, "models", note=name, seconds=time.monotonic() - started,
+                          ended=done == total, text=f"latency {done}/{total}: {name}"))
+
+    if progress is not None:
+        progress(Step("latency", 0, total, "models", text=f"latency 0/{total}"))
     for cell in cells:
         if cell.model in inputs:
             continue
@@ -293,11 +310,10 @@ def _measure_latency(cells: list[_Cell], rows: list[dict[str, Any]], target: str
             feed = _feed(model, data)
         except OnnxpressError as err:
             logger.warning("%s: latency not measured: %s", cell.model_name, err)
-        latency = None if feed is None else _latency(runner, model, feed, cell.model_name)
+        latency = None if feed is None else _latency(runner, model, feed, cell.model_name, progress)
         inputs[cell.model] = (feed, latency)
         done += 1
-        if progress is not None:
-            progress(f"latency {done}/{total}: {cell.model_name}")
+        tell(cell.model_name)
     for cell, row in outputs:
         feed, reference = inputs[cell.model]
         latency = None
@@ -307,25 +323,24 @@ def _measure_latency(cells: list[_Cell], rows: list[dict[str, Any]], target: str
             except ModelError as err:  # on a cluster, `out` is not a folder this machine sees
                 logger.warning("%s: latency not measured: %s", cell, err)
             else:
-                latency = _latency(runner, output, feed, str(cell))
+                latency = _latency(runner, output, feed, str(cell), progress)
         row["input_latency_ms"] = None if latency is None or reference is None else round(reference, 4)
         row["latency_ms"] = None if latency is None else round(latency, 4)
         row["speedup"] = None if latency is None or reference is None else round(reference / latency, 3)
         done += 1
-        if progress is not None:
-            progress(f"latency {done}/{total}: {cell}")
+        tell(str(cell))
     for row in rows:
         for key in ("input_latency_ms", "latency_ms", "speedup"):
             row.setdefault(key, None)
     return [f"latency: median on {runner.target.name}, one model at a time after every cell ended"]
 
 
-def _latency(runner, model, feed: dict, name: str) -> float | None:
+def _latency(runner, model, feed: dict, name: str, progress: Report | None = None) -> float | None:
     """Median latency of ``model`` on ``feed`` in ms, or None (the reason is logged)."""
     from onnxpress import runtime
 
     try:
-        return runner.latency(model, feed).median_ms
+        return runner.latency(model, feed, progress=within(progress, name)).median_ms
     except (OnnxpressError, runtime.RunFailed, runtime.CheckFailed, *runtime.ort_errors()) as err:
         logger.warning("%s: latency not measured: %s", name, err)
         return None

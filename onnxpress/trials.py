@@ -42,11 +42,13 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from onnxpress import sandbox
 from onnxpress.errors import OnnxpressError
+from onnxpress.progress import Step
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ def run_trials(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 1, ad
             With ``address`` the cluster's free CPUs set how many run at once, and ``workers``
             > 1 caps that.
         address: a Ray cluster (``ray://host:10001``, ``auto``) instead of a local Ray.
-        progress: told ``"3/9 trials done: <item>"`` as each trial ends.
+        progress: told ``"3/9 trials done: <item>"`` as each trial ends (a ``progress.Step`` of
+            task ``trials``: a display can draw it as a bar).
         what: what a trial is called in messages.
 
     Raises:
@@ -105,12 +108,13 @@ def run_trials(fn: Callable[[T], R], items: Sequence[T], *, workers: int = 1, ad
     """
     count = resolve_workers(workers)
     items = list(items)
+    tell = _teller(progress, len(items), what)
     if count <= 1 and address is None:
-        return _serial(fn, items, progress, what)
-    return _parallel(fn, items, count, address, progress, what)
+        return _serial(fn, items, tell, what)
+    return _parallel(fn, items, count, address, tell, what)
 
 
-def _serial(fn: Callable[[T], R], items: list[T], progress: Callable[[str], None] | None, what: str) -> list[R]:
+def _serial(fn: Callable[[T], R], items: list[T], tell: Callable[[int, Any], None], what: str) -> list[R]:
     results = []
     for index, item in enumerate(items):
         token = _inside.set(True)
@@ -120,12 +124,12 @@ def _serial(fn: Callable[[T], R], items: list[T], progress: Callable[[str], None
             raise TrialError(what, item, type(err).__name__, _first_line(err)) from err
         finally:
             _inside.reset(token)
-        _tell(progress, index + 1, len(items), what, item)
+        tell(index + 1, item)
     return results
 
 
 def _parallel(fn: Callable[[T], R], items: list[T], workers: int, address: str | None,
-              progress: Callable[[str], None] | None, what: str) -> list[R]:
+              tell: Callable[[int, Any], None], what: str) -> list[R]:
     if not items:
         return []
     ray = _start(workers, address)
@@ -151,7 +155,7 @@ def _parallel(fn: Callable[[T], R], items: list[T], workers: int, address: str |
             if outcome[0] == "error":
                 raise TrialError(what, items[index], outcome[1], outcome[2])
             results[index] = outcome[1]
-            _tell(progress, len(results), len(items), what, items[index])
+            tell(len(results), items[index])
     finally:
         for ref in pending:  # left running only after an error or an interrupt
             ray.cancel(ref)
@@ -342,6 +346,15 @@ def _ray_reason(err: BaseException) -> str:
     return lines[-1] if lines else ""
 
 
-def _tell(progress: Callable[[str], None] | None, done: int, total: int, what: str, item: Any) -> None:
-    if progress is not None:
-        progress(f"{done}/{total} {what}s done: {_label(item)}")
+def _teller(progress: Callable[[str], None] | None, total: int, what: str) -> Callable[[int, Any], None]:
+    """``tell(done, item)``: tells ``progress`` that ``done`` of ``total`` trials ended, the last
+    one ``item``, as a step whose line is ``"3/9 trials done: <item>"``."""
+    started = time.monotonic()
+
+    def tell(done: int, item: Any) -> None:
+        if progress is not None:
+            label = _label(item)
+            progress(Step(f"{what}s", done, total, f"{what}s", note=label, seconds=time.monotonic() - started,
+                          ended=done == total, text=f"{done}/{total} {what}s done: {label}"))
+
+    return tell

@@ -23,6 +23,7 @@ from onnxpress.calibration import from_feeds
 from onnxpress.errors import DataError, ProviderError
 from onnxpress.feeds import InputShapes, check_feed, plan_inputs, random_feeds
 from onnxpress.metrics import RELATIVE_ERROR, compare, top1_agreement
+from onnxpress.progress import Report, track, within
 from onnxpress.report import ValidationReport
 from onnxpress.targets import Target, load as load_target
 
@@ -39,7 +40,8 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
              metric_name: str = "metric", measure_latency: bool = True, measure_memory: bool = True,
              allow_missing_provider: bool = False, golden: str | os.PathLike | None = None,
              layerwise: bool = False, bundle: str | os.PathLike | None = None,
-             data_source: str | None = None, input_shapes: InputShapes | None = None) -> ValidationReport:
+             data_source: str | None = None, input_shapes: InputShapes | None = None,
+             progress: Report | None = None) -> ValidationReport:
     """Validate ``model`` (the candidate) against ``reference`` on ``target``.
 
     Args:
@@ -64,6 +66,8 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
         input_shapes: shapes of generated inputs by input name (``{"images": [1, 3, 640, 640]}``);
             without them unknown sizes are found by trial runs (``feeds.plan_inputs``) and the
             report notes the sizes used. Ignored when data or a golden file is given.
+        progress: told how far the long measurements got (``progress.Step``: latency runs of
+            each model, layer-wise samples, peak-memory probes).
     """
     from onnxpress.io import load
 
@@ -91,16 +95,17 @@ def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | T
     if ref_model is not None:
         ran["reference"] = (ref_model, reference_outputs is not None)
     if layerwise and ref_model is not None and candidate_outputs is not None and reference_outputs is not None:
-        _layerwise(report, runner, ref_model, candidate, feeds)
+        _layerwise(report, runner, ref_model, candidate, feeds, progress)
     if runner.settings.primary == "CPUExecutionProvider":
         _hardware(report, profile)
     if profile.ort_format and bundle is not None and candidate_outputs is not None:
         _bundle(report, runner, candidate, bundle, feeds)
     if measure_latency and feeds:
-        _latency(report, runner, ran, feeds[0])
+        _latency(report, runner, ran, feeds[0], progress)
     _size(report, profile, ran)
+    _models(report, ran)
     if measure_memory and feeds:
-        for who, (item, ok) in ran.items():
+        for who, (item, ok) in track(ran.items(), progress, "peak memory", unit="models"):
             if ok:
                 report.peak_memory[who] = runner.peak_memory(item, feeds[0])
     report.passed = not report.failures
@@ -267,10 +272,11 @@ def _class_scores(outputs: list, name: str, report: ValidationReport) -> bool:
 
 
 def _layerwise(report: ValidationReport, runner: runtime.Runner, reference: ir.Model, candidate: ir.Model,
-               feeds: list) -> None:
+               feeds: list, progress: Report | None = None) -> None:
     from onnxpress.layerwise import compare_layers
 
-    result = compare_layers(reference, candidate, feeds, cosine_tolerance=runner.target.cosine, runner=runner)
+    result = compare_layers(reference, candidate, feeds, cosine_tolerance=runner.target.cosine, runner=runner,
+                            progress=progress)
     report.layerwise = result.to_dict()
     if result.first_jump is not None and report.failures:
         report.notes.append(f"layer-wise: the error jumps at '{result.first_jump.tensor}' "
@@ -296,14 +302,29 @@ def _bundle(report: ValidationReport, runner: runtime.Runner, candidate: ir.Mode
                                f"{written.min_cosine:.6f})")
 
 
-def _latency(report: ValidationReport, runner: runtime.Runner, ran: dict, feed) -> None:
+def _latency(report: ValidationReport, runner: runtime.Runner, ran: dict, feed, progress: Report | None = None) -> None:
     for who, (item, ok) in ran.items():
         if ok:
-            report.latency[who] = runner.latency(item, feed)
+            report.latency[who] = runner.latency(item, feed, progress=within(progress, who))
     budget = runner.target.latency_ms
     if "candidate" in report.latency and budget > 0 and report.latency["candidate"].median_ms > budget:
         report.failures.append(f"latency {report.latency['candidate'].median_ms:.3f} ms is over the "
                                f"budget of {budget:g} ms")
+
+
+def _models(report: ValidationReport, ran: dict) -> None:
+    """What each model is made of, for the report's before/after section: nodes, ops, parameters
+    and weight bytes by dtype (as ``onnxpress inspect`` counts them), and each layer's precision."""
+    from onnxpress.summary import inspect
+
+    for who in ("reference", "candidate"):
+        if who in ran:
+            model = ran[who][0]
+            summary = inspect(model, top=0)
+            report.models[who] = {"nodes": summary.nodes, "parameters": summary.parameters,
+                                  "weight_bytes": sum(summary.bytes_by_dtype.values()), "ops": summary.ops,
+                                  "bytes_by_dtype": summary.bytes_by_dtype, "params_by_dtype": summary.params_by_dtype,
+                                  "layers": modelinfo.layer_precisions(model)}
 
 
 def _size(report: ValidationReport, profile: Target, ran: dict) -> None:

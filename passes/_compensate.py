@@ -42,6 +42,7 @@ import onnx_ir as ir
 
 from onnxpress import modelinfo
 from onnxpress.feeds import check_feed
+from onnxpress.progress import Tracker, track
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
     given, are the dampings tried instead of ``damping`` and the larger ``DAMPINGS``
     (``_solve``). Returns the statistics
     of each layer's fit by key: the rows seen and the relative output error before and after
-    (measured through the collected moments).
+    (measured through the collected moments). ``say`` is told how far it got: a ``refit`` step
+    in layers, and per stage a ``refit inputs`` step in feeds.
     """
     feeds = list(itertools.islice(feeds, limit))  # read once, held for the stages: a calibration set
     for index, feed in enumerate(feeds):
@@ -179,7 +181,8 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
     taught, _ = modelinfo.expose_intermediates(teacher, wanted, include_inputs=True)
     result: dict[str, dict[str, Any]] = {}
     rng = np.random.default_rng(seed)
-    with runner.session(taught, optimization="basic") as teacher_session:
+    with runner.session(taught, optimization="basic") as teacher_session, \
+            Tracker(say, "refit", len(layers), "layers") as refitting:
         teacher_names = [n for n in teacher_session.output_names if n in set(wanted)]
         for number, stage in enumerate(stages, start=1):
             names = sorted({layer.student_input for layer in stage})
@@ -193,7 +196,7 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
                     groups.setdefault(key, _Group([])).members.append(layer)
                 for group in groups.values():
                     group.start()
-                for index, feed in enumerate(feeds):
+                for index, feed in enumerate(track(feeds, say, "refit inputs", unit="feeds")):
                     split = "check" if index % CHECK_EVERY == CHECK_EVERY - 1 else "fit"
                     taught_values = {**feed, **teacher_session.run(feed, taught_names)}
                     student_values = {**feed, **session.run(feed, student_names)}
@@ -205,8 +208,7 @@ def refit(teacher: ir.Model, student: ir.Model, layers: Sequence[Layer], feeds: 
             for layer in stage:
                 result[layer.key] = _solve(layer, damping, dampings)
                 layer.moments = {}
-            if say is not None:
-                say(f"compensation: stage {number}/{len(stages)} refit ({len(stage)} layer(s))")
+                refitting.advance(note=f"stage {number}/{len(stages)}")
     return result
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from onnxpress.passes._torchgraph import TorchGraph
+from onnxpress.progress import Tracker
 
 logger = logging.getLogger(__name__)
 
 _EVALUATIONS = 10  # held-out checks during the end-to-end phase, at most
 _CHECK_SHARE = 0.2  # the end-to-end phase's time the held-out checks may take, at most
-_SAY_EVERY = 2.0  # seconds between progress messages
 _CACHE_BYTES = 1 << 30  # teacher tensors kept in memory at most; beyond it they are recomputed
 LABELS = "\x00labels"  # the key under which a feed carries its rows' labels (no graph input has it)
 
@@ -162,7 +162,6 @@ class Trainer:
         self.scale = (1.0, 1.0)  # the distillation and task losses' values before training (task loss)
         self.best = Checkpoint(math.inf, -math.inf, 0.0, {}, 0)
         self.rng = np.random.default_rng(distill.seed)
-        self.last_said = time.monotonic()
 
     # -------------------------------------------------------------------- losses
 
@@ -311,11 +310,16 @@ class Trainer:
                 parameter.data.mul_(self.masks[name])
         return value
 
-    def _say(self, message: str, always: bool = False) -> None:
+    def _say(self, message: str) -> None:
         context = self.options.context
-        if context is not None and (always or time.monotonic() - self.last_said >= _SAY_EVERY):
-            self.last_said = time.monotonic()
+        if context is not None:
             context.say(f"distill: {message}")
+
+    def _phase(self, task: str, steps: int | None) -> Tracker:
+        """A training phase's progress step, in optimizer steps (of ``steps``; None under a time
+        budget, where the count is not known ahead)."""
+        context = self.options.context
+        return Tracker(context.say if context is not None else None, task, steps, "steps")
 
     # ------------------------------------------------------------------- phases
 
@@ -334,21 +338,21 @@ class Trainer:
         if seconds is not None and self.reserve > 0:  # held-out checks take at most a fifth of the time
             evaluations = max(1, min(_EVALUATIONS, int(_CHECK_SHARE * seconds / self.reserve)))
         step = 0
-        for unit in self._units(train):
-            done = self._progress(step, steps, began, seconds)
-            if done >= 1.0:
-                break
-            rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-            value = self._step(optimizer, parameters, unit, self.objective, rate)
-            step += 1
-            if not math.isfinite(value):
-                logger.warning("distill: the training loss became %s at step %d: stopped", value, step)
-                break
-            if self._progress(step, steps, began, seconds) >= checks / evaluations:
-                checks += 1
-                self._checkpoint(held, run.steps_blocks + step, f"end to end, step {step}")
-            self._say(f"end to end, step {step}{'/' + str(steps) if steps else ''}, training loss {value:.4g}, "
-                      f"best held-out {self.best.loss:.4g}")
+        with self._phase("end to end", steps) as phase:
+            for unit in self._units(train):
+                done = self._progress(step, steps, began, seconds)
+                if done >= 1.0:
+                    break
+                rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+                value = self._step(optimizer, parameters, unit, self.objective, rate)
+                step += 1
+                if not math.isfinite(value):
+                    logger.warning("distill: the training loss became %s at step %d: stopped", value, step)
+                    break
+                if self._progress(step, steps, began, seconds) >= checks / evaluations:
+                    checks += 1
+                    self._checkpoint(held, run.steps_blocks + step, f"end to end, step {step}")
+                phase.update(step, note=f"training loss {value:.4g}, best held-out {self.best.loss:.4g}")
         run.steps_end_to_end = step
         if step and (checks - 1) < evaluations:
             self._checkpoint(held, run.steps_blocks + step, "end of training")
@@ -360,7 +364,7 @@ class Trainer:
             checkpoint.weights = {n: p.detach().clone() for n, p in self.student.parameters.items()}
             self.best = checkpoint
         metric = f", metric {checkpoint.metric:.4g}" if self.metric is not None else ""
-        self._say(f"held-out loss {checkpoint.loss:.4g}{metric} {when} (best {self.best.loss:.4g})", always=True)
+        self._say(f"held-out loss {checkpoint.loss:.4g}{metric} {when} (best {self.best.loss:.4g})")
 
     def _train_blocks(self, train: list[Batch], blocks: list[Block], share: float, run: Run) -> None:
         """Each block on its own: fed the teacher's boundary tensors, trained toward the next one."""
@@ -384,16 +388,18 @@ class Trainer:
             optimizer = torch.optim.Adam([p for _, p in parameters], lr=self.options.learning_rate)
             began = time.perf_counter()
             step = 0
-            for unit in self._units(train):
-                done = self._progress(step, per_steps, began, per_seconds)
-                if done >= 1.0:
-                    break
-                rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
-                value = self._step(optimizer, parameters, unit, lambda b, blk=block: self._block_loss(blk, b), rate)
-                step += 1
-                if not math.isfinite(value):
-                    break
-                self._say(f"block {index + 1}/{len(active)} ('{block.boundary}'), step {step}, loss {value:.4g}")
+            with self._phase(f"block {index + 1}/{len(active)}", per_steps) as phase:
+                for unit in self._units(train):
+                    done = self._progress(step, per_steps, began, per_seconds)
+                    if done >= 1.0:
+                        break
+                    rate = self.options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * done))
+                    value = self._step(optimizer, parameters, unit, lambda b, blk=block: self._block_loss(blk, b),
+                                       rate)
+                    step += 1
+                    if not math.isfinite(value):
+                        break
+                    phase.update(step, note=f"'{block.boundary}', loss {value:.4g}")
             block.steps = step
             run.steps_blocks += step
             with torch.no_grad():

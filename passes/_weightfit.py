@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from onnxpress.passes import _blockwise, _compensate
 from onnxpress.passes._common import constant, set_initializer
+from onnxpress.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -120,17 +121,19 @@ def awq_groups(model: ir.Model, entries: list[Entry]) -> dict[str, list[Entry]]:
 
 
 def awq(model: ir.Model, groups: dict[str, list[Entry]], stats, *, bits: int,
-        quantize: Callable[[np.ndarray], _blockwise.Grid]) -> dict[str, dict[str, Any]]:
+        quantize: Callable[[np.ndarray], _blockwise.Grid],
+        say: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Scale each group's input channels AWQ's way, in place, where it lowers the output error.
 
     ``stats`` holds each activation's channel second moments (full matrix); ``quantize`` turns a
     ``rows x K`` weight into its grid. The group's ``α`` is the one of ``AWQ_ALPHAS`` with the
     least summed relative error ``tr(ΔᵀCΔ) / tr(WᵀCW)`` (``α = 0`` is plain rounding, so the
     search never does worse on these rows). Entries get the scaled weights and their grids.
-    Returns per activation the chosen ``α``, the errors and where ``1/s`` went.
+    Returns per activation the chosen ``α``, the errors and where ``1/s`` went; ``say`` is told
+    how many groups are searched (an ``awq`` step).
     """
     report: dict[str, dict[str, Any]] = {}
-    for activation, members in groups.items():
+    for activation, members in track(groups.items(), say, "awq", unit="groups"):
         tensor = stats.tensors.get(activation)
         if tensor is None or tensor.second_moment is None or not tensor.channel_rows:
             continue

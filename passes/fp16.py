@@ -450,7 +450,7 @@ class _Planner:
             logger.warning("fp16: the float32 model did not run for the measurement: %s", err)
             return None
         rounds = []
-        for number in range(1, self.owner.rounds + 1):
+        for number in context.track(range(1, self.owner.rounds + 1), "measured rounds", unit="rounds"):
             candidate = self.typed.clone()
             edits.apply(candidate, self.converted, dtype=self.dtype, keep_io_types=self.owner.keep_io_types,
                         opset=self.opset)

@@ -13,6 +13,7 @@ from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import fingerprint
 from onnxpress.passes import _compensate
 from onnxpress.passes._common import constant, reject_option
+from onnxpress.progress import Tracker, track
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         layers, skipped = self._layers(result)
         whitening = self._whitening(result, layers) if layers and self._needs_statistics() else {}
         spectrum_needed = self.energy is not None or self.budget is not None or self.tolerance is not None
-        for layer in layers:
+        say = self.context.say if self.context is not None else None
+        for layer in track(layers, say, "spectra" if spectrum_needed else "energies", unit="layers"):
             matrix = layer.weight.astype(np.float64)
             if layer.activation in whitening:
                 matrix = whitening[layer.activation][0] @ matrix
@@ -170,12 +172,14 @@ class LowRank(Pass, ir.passes.FunctionalPass):
             # the second measurement is closer to the error each layer will really have.
             for layer in layers:
                 layer.rank = 0
-            for _ in range(self.sensitivity_rounds):
-                self._measure_sensitivity(result, layers, whitening)
+            for number in range(1, self.sensitivity_rounds + 1):
+                task = "sensitivity" if self.sensitivity_rounds == 1 else \
+                    f"sensitivity, round {number}/{self.sensitivity_rounds}"
+                self._measure_sensitivity(result, layers, whitening, task)
                 self._allocate(layers)
         report: dict[str, Any] = {}
         factored = 0
-        for layer in layers:
+        for layer in track(layers, say, "factor", unit="layers"):
             limit = layer.break_even(self.min_saving)
             name = layer.node.name
             if layer.rank <= 0 or layer.rank > limit:
@@ -295,13 +299,13 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         if self.budget is not None:
             self._allocate(layers)
 
-    def _measure_sensitivity(self, model: ir.Model, layers: list[_Layer], whitening) -> None:
+    def _measure_sensitivity(self, model: ir.Model, layers: list[_Layer], whitening, task: str) -> None:
         """Factor each layer alone at the budget's uniform rank and measure the output cosine:
-        sensitivity = (1 - cosine) / (relative layer error)²."""
+        sensitivity = (1 - cosine) / (relative layer error)². ``task`` names the step."""
         context = self.context
         reference = context.outputs(model)
         uniform = self.budget * sum(l.dense_params for l in layers) / sum(sum(l.shape) for l in layers)
-        for index, layer in enumerate(layers):
+        for layer in context.track(layers, task, unit="layers"):
             rank = layer.rank if layer.rank > 0 else int(uniform)
             rank = max(1, min(rank, layer.break_even(0.0), min(layer.shape)))
             tail = float(np.sum(layer.singular[rank:] ** 2)) / max(layer.energy_total, 1e-30)
@@ -314,8 +318,6 @@ class LowRank(Pass, ir.passes.FunctionalPass):
             self._rewrite(trial, probe, *self._factors(probe, whitening.get(layer.activation)))
             cosine = context.score(reference, trial)["cosine"]
             layer.sensitivity = max(1.0 - cosine, 1e-9) / tail
-            if index % 6 == 5:
-                context.say(f"sensitivity measured for {index + 1}/{len(layers)} layers")
 
     def _allocate(self, layers: list[_Layer]) -> None:
         """Greedy: keep the components with the most relative output energy per parameter until
@@ -326,34 +328,37 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         for layer in layers:
             layer.rank = 0
         dense: set[int] = set()
-        while True:
-            spent = sum(layers[i].dense_params for i in dense)
-            candidates = []
-            for index, layer in enumerate(layers):
-                if index in dense:
-                    continue
-                gain = layer.singular ** 2 / max(layer.energy_total, 1e-30)
-                cost = layer.shape[0] + layer.shape[1]
-                candidates += [(layer.sensitivity * g / cost, index)
-                               for g in gain[: layer.break_even(self.min_saving)]]
-            candidates.sort(key=lambda item: -item[0])
-            ranks = {index: 0 for index in range(len(layers)) if index not in dense}
-            for _, index in candidates:
-                cost = layers[index].shape[0] + layers[index].shape[1]
-                if spent + cost > allowance:
+        say = self.context.say if self.context is not None else None
+        with Tracker(say, "allocation", None, "rounds") as rounds:  # a round per layer made dense, at most
+            while True:
+                spent = sum(layers[i].dense_params for i in dense)
+                candidates = []
+                for index, layer in enumerate(layers):
+                    if index in dense:
+                        continue
+                    gain = layer.singular ** 2 / max(layer.energy_total, 1e-30)
+                    cost = layer.shape[0] + layer.shape[1]
+                    candidates += [(layer.sensitivity * g / cost, index)
+                                   for g in gain[: layer.break_even(self.min_saving)]]
+                candidates.sort(key=lambda item: -item[0])
+                ranks = {index: 0 for index in range(len(layers)) if index not in dense}
+                for _, index in candidates:
+                    cost = layers[index].shape[0] + layers[index].shape[1]
+                    if spent + cost > allowance:
+                        break
+                    ranks[index] += 1
+                    spent += cost
+                for index, rank in ranks.items():
+                    layers[index].rank = rank
+                rounds.advance()
+                # A layer at its break-even rank gains nothing by factoring: make it dense and
+                # re-spread what is left, once the budget allows it.
+                promote = [i for i, r in ranks.items() if r >= layers[i].break_even(self.min_saving)
+                           and sum(layers[j].dense_params for j in dense | {i}) + sum(
+                               layers[j].factored_params(ranks[j]) for j in ranks if j != i) <= allowance]
+                if not promote:
                     break
-                ranks[index] += 1
-                spent += cost
-            for index, rank in ranks.items():
-                layers[index].rank = rank
-            # A layer at its break-even rank gains nothing by factoring: make it dense and
-            # re-spread what is left, once the budget allows it.
-            promote = [i for i, r in ranks.items() if r >= layers[i].break_even(self.min_saving)
-                       and sum(layers[j].dense_params for j in dense | {i}) + sum(
-                           layers[j].factored_params(ranks[j]) for j in ranks if j != i) <= allowance]
-            if not promote:
-                break
-            dense.add(promote[0])
+                dense.add(promote[0])
         for index in dense:
             layers[index].rank = 0  # marks "left dense"; the statistics say why
 

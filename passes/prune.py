@@ -13,6 +13,7 @@ from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import deflated_size, fingerprint, model_flops
 from onnxpress.passes import _compensate
 from onnxpress.passes._common import constant, reject_option, set_initializer
+from onnxpress.progress import track
 
 
 Criterion = Literal["magnitude", "importance", "random"]
@@ -147,7 +148,8 @@ class Prune(Pass, ir.passes.FunctionalPass):
             layers = self._structured(result, targets, scores, skipped, output_rms)
         else:
             thresholds = self._global_thresholds(targets, scores) if self.scope == "global" else {}
-            for target in targets:
+            for target in track(targets, self.context.say if self.context is not None else None, "masks",
+                                unit="layers"):
                 mask = (self._nm_mask(target, scores[target.node.name]) if self.granularity == "n:m"
                         else self._unstructured_mask(target, scores[target.node.name], thresholds.get(target.node.name)))
                 pruned = np.where(mask, target.weight, 0).astype(target.weight.dtype)
@@ -280,7 +282,8 @@ class Prune(Pass, ir.passes.FunctionalPass):
     def _structured(self, model: ir.Model, targets: list[_Target], scores: dict[str, np.ndarray],
                     skipped: dict[str, str], output_rms: dict[str, np.ndarray]) -> dict[str, Any]:
         layers = {}
-        for target in targets:
+        for target in track(targets, self.context.say if self.context is not None else None, "channels",
+                            unit="layers"):
             node = target.node
             channels = target.weight.shape[target.out_axis]
             score = scores[node.name]

@@ -428,7 +428,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             _calibrated.smooth(smoothed, groups, stats, self.smoothquant_alpha)
             return smoothed, self.smoothquant_alpha, []
         tried, best = [], (None, -np.inf, model)
-        for alpha in _ALPHAS:
+        for alpha in self.context.track(_ALPHAS, "smoothquant alpha", unit="alphas"):
             smoothed = model.clone()
             _calibrated.smooth(smoothed, groups, stats, alpha)
             static = [n for n in nodes if settings["plan"][n] == "static"]
@@ -580,20 +580,22 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             return reasons
 
         low, high, best = 0, len(units), None
-        while low < high:
-            middle = (low + high) // 2 if best is not None else max(1, min(len(units), 2 * max(1, low)))
-            floating = floated(middle)
-            keep = [n for n in nodes if n not in floating]
-            trial = self._quantize(prepared, keep, ranges, settings) if keep else pristine.clone()
-            score = context.score(reference, trial)
-            trials.append({"float": len(floating), **_rounded(score)})
-            context.say(f"{len(floating)} node(s) float: cosine {score['cosine']:.5f}")
-            if self._meets(score):
-                best, high = (middle, trial, keep), middle
-            else:
-                low = middle + 1
-                if best is None and middle >= len(units):
-                    break
+        with context.step("fallback", None, "trials") as search:  # a search: its length is not known ahead
+            while low < high:
+                middle = (low + high) // 2 if best is not None else max(1, min(len(units), 2 * max(1, low)))
+                floating = floated(middle)
+                keep = [n for n in nodes if n not in floating]
+                trial = self._quantize(prepared, keep, ranges, settings) if keep else pristine.clone()
+                score = context.score(reference, trial)
+                trials.append({"float": len(floating), **_rounded(score)})
+                context.say(f"{len(floating)} node(s) float: cosine {score['cosine']:.5f}")
+                search.advance()
+                if self._meets(score):
+                    best, high = (middle, trial, keep), middle
+                else:
+                    low = middle + 1
+                    if best is None and middle >= len(units):
+                        break
         if best is None:
             logger.warning("quantize: the accuracy target is not met even with every node in float")
             return candidate, nodes, {"target_met": False, "trials": trials, "float_nodes": {}}
@@ -633,7 +635,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         groups = _latency_groups(by_name, nodes)
         if full <= fp32:
             current, kept = full, list(nodes)
-            for group, members in groups.items():
+            for group, members in context.track(groups.items(), "latency-aware", unit="op groups"):
                 keep = [n for n in kept if n not in members]
                 if not keep:
                     continue
@@ -646,7 +648,8 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         else:
             current, kept, candidate = fp32, [], pristine
             compute = [g for g in groups if g.split()[-1] in COMPUTE_OPS]
-            for group in sorted(compute, key=lambda g: -len(groups[g])):
+            for group in context.track(sorted(compute, key=lambda g: -len(groups[g])), "latency-aware",
+                                       unit="op groups"):
                 keep = kept + sorted(groups[group])
                 trial = self._quantize(prepared, keep, ranges, settings)
                 latency = context.latency(trial)

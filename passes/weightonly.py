@@ -11,6 +11,7 @@ from onnxpress.context import Pass, PassResult
 from onnxpress.passes import _blockwise, _weightfit
 from onnxpress.passes._common import add_initializer, constant, reject_option
 from onnxpress.passes._weightfit import Entry
+from onnxpress.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         stats: dict[str, Any] = {"bits": self.bits, "block_size": self.block_size, "symmetric": self.symmetric,
                                  "algorithm": algorithm}
         base = "hqq" if algorithm == "hqq" else "rtn"
-        for entry in entries:
+        say = self.context.say if self.context is not None else None
+        for entry in track(entries, say, f"{base} grids", unit="layers"):
             entry.grids[self.bits] = self._grid(entry.weight, self.bits, base)
             entry.algorithm = base
         matmuls = [e for e in entries if e.kind == "matmul"]
@@ -315,7 +317,7 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         stats = self.context.statistics(model, tensors=list(groups), channel_axes={a: -1 for a in groups},
                                         second_moments=list(groups), limit=self.limit)
         return _weightfit.awq(model, groups, stats, bits=self.bits,
-                              quantize=lambda weight: self._grid(weight, self.bits, "rtn"))
+                              quantize=lambda weight: self._grid(weight, self.bits, "rtn"), say=self.context.say)
 
     # ----------------------------------------------------------------- accuracy and speed
 
@@ -335,19 +337,21 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         record: dict[str, Any] = {"budget": self.error_budget, "error_4bit": round(all_low, 6)}
         if all_low <= self.error_budget:
             return low, {**record, "promoted": [], "error": round(all_low, 6), "met": True}
-        sensitivity = {e.name: cost({e.name: 4}) for e in entries}
+        sensitivity = {e.name: cost({e.name: 4}) for e in context.track(entries, "sensitivity", unit="layers")}
         ranked = sorted(sensitivity, key=lambda n: -sensitivity[n])
         record["sensitivity"] = {n: round(sensitivity[n], 6) for n in ranked}
         lo, hi, best = 1, len(ranked), None
-        while lo <= hi:
-            middle = (lo + hi) // 2
-            chosen = {n: (8 if n in set(ranked[:middle]) else 4) for n in ranked}
-            error = cost(chosen)
-            context.say(f"weightonly: {middle} layer(s) at 8 bits: 1 - cosine {error:.5f}")
-            if error <= self.error_budget:
-                best, hi = (middle, chosen, error), middle - 1
-            else:
-                lo = middle + 1
+        with context.step("8-bit search", None, "trials") as search:  # a binary search: its length varies
+            while lo <= hi:
+                middle = (lo + hi) // 2
+                chosen = {n: (8 if n in set(ranked[:middle]) else 4) for n in ranked}
+                error = cost(chosen)
+                context.say(f"weightonly: {middle} layer(s) at 8 bits: 1 - cosine {error:.5f}")
+                search.advance()
+                if error <= self.error_budget:
+                    best, hi = (middle, chosen, error), middle - 1
+                else:
+                    lo = middle + 1
         if best is None:
             chosen = {n: 8 for n in ranked}
             return chosen, {**record, "promoted": ranked, "error": round(cost(chosen), 6), "met": False}

@@ -132,9 +132,10 @@ def test_recipe_calibration_from_images(tmp_path):
     feeds = list(calibration.read_source(recipe.calibration, base=recipe.path.parent))
     assert len(feeds) == 3 and feeds[2]["input"].shape == (1, 1, 8, 8)
     assert feeds[2]["input"].max() == pytest.approx(120 * 0.0625)
-    (tmp_path / "bad.toml").write_text('[calibration]\nsource = "imgs"\ntype = "images"\n[[passes]]\nname = "simplify"\n')
-    with pytest.raises(Exception, match="needs 'input'"):
-        load_recipe(tmp_path / "bad.toml")
+    (tmp_path / "bare.toml").write_text('[calibration]\nsource = "imgs"\n[[passes]]\nname = "simplify"\n')
+    bare = load_recipe(tmp_path / "bare.toml").calibration  # the input comes from the model when read
+    with pytest.raises(DataError, match="say which input the images feed"):
+        calibration.read_source(bare, base=tmp_path)
 
 
 def test_read_source_feeds_only_the_model_inputs(tmp_path, small_model):
@@ -165,7 +166,9 @@ def test_read_source_takes_a_npy_array_for_the_only_input(tmp_path, small_model,
     with pytest.raises(DataError, match="say which input it feeds"):
         calibration.read_source(tmp_path / "x.npy")
     spec = calibration.DataSource.from_path(tmp_path / "x.npy", input="s", limit=2)
-    assert [set(f) for f in calibration.read_source(spec, model=minimal_model)] == [{"s"}] * 2
+    assert [set(f) for f in calibration.read_source(spec)] == [{"s"}] * 2
+    with pytest.raises(DataError, match=r"missing input\(s\) \['x'\]; the model takes \['s', 'x'\], the data gives"):
+        calibration.read_source(spec, model=minimal_model)  # every input must be fed
     with pytest.raises(DataError, match="feeds input 'nope', which the model does not have"):
         calibration.read_source(calibration.DataSource.from_path(tmp_path / "x.npy", input="nope"),
                                 model=small_model)
@@ -173,8 +176,8 @@ def test_read_source_takes_a_npy_array_for_the_only_input(tmp_path, small_model,
 
 def test_data_source_values_are_checked():
     assert calibration.DataSource.from_path("c.npz").type == "npz"
-    with pytest.raises(ValueError, match="type 'images' needs 'input'"):
-        calibration.DataSource(Path("imgs"), type="images")
+    with pytest.raises(ValueError, match="'tokenizer' apply to type 'text' only, not 'images'"):
+        calibration.DataSource(Path("imgs"), type="images", tokenizer=Path("tok"))
     with pytest.raises(ValueError, match="limit must be >= 1"):
         calibration.DataSource.from_path("c.npz", limit=0)
     with pytest.raises(RecipeError, match=r"r.toml: \[evaluation\]: images: crop must be \[height, width\]"):

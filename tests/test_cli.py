@@ -253,3 +253,16 @@ def test_run_needs_a_recipe_or_a_target(tmp_path, capsys):
     assert code == 2
     assert "give --recipe, or --target" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_python_dash_m_runs_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "onnxpress", "inspect", "--bad-option", "x.onnx"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "onnxpress: error: unrecognized arguments: --bad-option"
+    done = subprocess.run([sys.executable, "-m", "onnxpress", "targets"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0 and "edge" in done.stdout

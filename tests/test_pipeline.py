@@ -117,9 +117,9 @@ def test_progress_reports_start_and_end_of_every_pass(small_model):
 def test_bad_calibration_is_named(small_model):
     with pytest.raises(ox.DataError, match=r"sample 0: missing input\(s\) \['x'\]"):
         ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"y": np.zeros((1, 4), np.float32)}])
-    with pytest.raises(ox.DataError, match="input 'x' is float64"):
+    with pytest.raises(ox.DataError, match=r"input 'x' wants float32 \[N,4\], the data gives float64 \[1,4\]"):
         ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"x": np.zeros((1, 4))}])
-    with pytest.raises(ox.DataError, match="rank 1"):
+    with pytest.raises(ox.DataError, match=r"the data gives \[4\]"):
         ox.Pipeline([ox.passes.Simplify()]).run(small_model, calibration=[{"x": np.zeros(4, np.float32)}])
 
 

@@ -67,7 +67,7 @@ def test_a_recipe_builds_its_pipeline(tmp_path, small_model):
     ('[evaluation]\nsource = "e.npz"\nsamples = 3\n[[passes]]\nname = "simplify"',
      r"\[evaluation\]: unknown key 'samples'; known: source, type"),
     ('[calibration]\nsource = "c.npz"\ntype = "csv"\n[[passes]]\nname = "simplify"',
-     r"\[calibration\]: 'type' must be one of 'npz', 'images', got str 'csv'"),
+     r"\[calibration\]: 'type' must be one of 'npz', 'npy', 'images', 'text', 'python', got str 'csv'"),
     ('[calibration]\nsource = "c.npz"\ncolor = "L"\n[[passes]]\nname = "simplify"',
      r"\[calibration\] \['color'\] apply to type = 'images' only"),
     ('[calibration]\nsource = "c.npz"\nbatch_size = 0\n[[passes]]\nname = "simplify"',

@@ -331,8 +331,8 @@ def test_bad_options_are_named(options, message):
 
 @pytest.mark.parametrize("calib, message", [
     ([{"wrong": np.zeros((1, 1, 8, 8), np.float32)}], r"missing input\(s\) \['input'\]"),
-    ([{"input": np.zeros((1, 1, 9, 8), np.float32)}], "size 9 on axis 2"),
-    ([{"input": np.zeros((1, 1, 8, 8), np.int32)}], "is int32"),
+    ([{"input": np.zeros((1, 1, 9, 8), np.float32)}], r"wants float32 \[batch,1,8,8\], the data gives \[1,1,9,8\]"),
+    ([{"input": np.zeros((1, 1, 8, 8), np.int32)}], r"the data gives int32 \[1,1,8,8\]"),
     ([], "gave no samples"),
 ])
 def test_bad_calibration_data_is_named(digits, calib, message):
