@@ -75,7 +75,8 @@ def _cmd_sweep(args) -> int:
     from onnxpress.sweep import sweep
 
     cache_folder = None if args.no_cache else str(args.cache_dir or default_folder())
-    result = sweep(args.models, args.recipes, target=args.target, data=args.data, workers=args.workers,
+    result = sweep(args.models, args.recipes, target=args.target, data=_data_sources(args).get("data"),
+                   workers=args.workers,
                    address=args.ray_address, out=args.out, cache_folder=cache_folder,
                    progress=_progress_for(args))
     print(result.to_json() if args.json else result.table())
@@ -142,7 +143,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    """The options that say how ``--calibration`` and ``--data`` are read (run, validate, optimize)."""
+    """The options that say how ``--calibration`` and ``--data`` are read (run, validate, optimize, sweep)."""
     group = parser.add_argument_group(
         "data without code", "--calibration and --data take a .npz file (samples on axis 0), a .npy file, a folder "
         "of .npz files or of images, a text file (one sample a line, with --tokenizer), or MODULE:FUNCTION / "
@@ -736,8 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--recipes", nargs="+", required=True, metavar="RECIPE", help="recipe TOML files")
     sweep.add_argument("--target", default="cpu", help="target profile latency is measured on (default cpu); "
                        "each recipe's passes check on the recipe's own target")
-    sweep.add_argument("--data", help=".npz file or folder of them: calibration data for every cell, over the "
-                       "recipes' [calibration] (each model is fed the arrays named like its inputs)")
+    sweep.add_argument("--data", help="calibration data for every cell, over the recipes' [calibration], in any "
+                       "form --calibration takes (read for each model and matched to its inputs)")
     sweep.add_argument("--out", help="folder for the output models, MODEL__RECIPE.onnx (default: not kept)")
     sweep.add_argument("--workers", type=_workers, default=1, help="cells at once, as tasks on a local Ray "
                        "(needs onnxpress[ray]); 1 (default): one after another in-process; 0: one per core. "
@@ -749,6 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "$ONNXPRESS_CACHE or ~/.cache/onnxpress)")
     sweep_cache.add_argument("--no-cache", action="store_true", help="compute everything again, store nothing")
     sweep.add_argument("--json", action="store_true")
+    _add_data_options(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 
     demo = commands.add_parser("demo", help="run the default recipe on a bundled digits model")

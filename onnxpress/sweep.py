@@ -23,8 +23,10 @@ shared the same way: each worker opens the same folder, whose entries are writte
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
 import logging
 import re
 import shutil
@@ -32,11 +34,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from onnxpress import targets, trials
 from onnxpress.errors import AccuracyFloorError, DataError, ModelError, OnnxpressError
 from onnxpress.progress import Report, Step, pipeline_steps, within
+
+if TYPE_CHECKING:
+    from onnxpress.calibration import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ class _Cell:
     recipe: str
     model_name: str
     recipe_name: str
-    data: str | None
+    data: DataSource | None
     out_folder: str
     cache_folder: str | None
 
@@ -121,7 +126,7 @@ class SweepResult:
 
 
 def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target: str = "cpu",
-          data: str | None = None, workers: int = 1, address: str | None = None, out: str | None = None,
+          data: str | os.PathLike | DataSource | None = None, workers: int = 1, address: str | None = None, out: str | None = None,
           cache_folder: str | None = None, progress: Report | None = None) -> SweepResult:
     """Run every recipe on every model, then measure latency serially; see the module docstring.
 
@@ -130,8 +135,9 @@ def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target
         recipes: recipe TOML files.
         target: the target profile latency is measured on (the recipes' pipelines check on
             their own target).
-        data: a .npz file or folder of them: calibration data for every cell, over the
-            recipes' own ``[calibration]`` (only the arrays named like a model's inputs are fed).
+        data: calibration data for every cell, over the recipes' own ``[calibration]``: a
+            :class:`~onnxpress.calibration.DataSource` (images, text with a tokenizer, a
+            function; read for each model, matched to its inputs) or a path read as one.
         workers: cells at once (``trials.run_trials``): 1 in-process, 0 one per core.
         address: a Ray cluster to run the cells on.
         out: folder for the output models, one file per cell (``<model>__<recipe>.onnx``),
@@ -156,8 +162,7 @@ def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target
         if not path.is_file():
             raise ModelError(f"{path}: no such file" if not path.exists() else f"{path}: not a model file")
     parsed = [(Path(r), load_recipe(r)) for r in recipes]  # a bad recipe is one line, before any cell runs
-    if data is not None and not Path(data).exists():
-        raise DataError(f"{data}: no such data file or folder")
+    source = None if data is None else _absolute(data)
     targets.load(target)  # a bad target is one line now, not after every cell ran
     count = trials.resolve_workers(workers)
     if count > 1 or address is not None:
@@ -171,7 +176,7 @@ def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target
         folder.mkdir(parents=True, exist_ok=True)
     try:
         # Absolute paths: a worker's working folder is not ours.
-        shared = {"data": None if data is None else str(Path(data).resolve()), "out_folder": str(folder.resolve()),
+        shared = {"data": source, "out_folder": str(folder.resolve()),
                   "cache_folder": None if cache_folder is None else str(Path(cache_folder).resolve())}
         recipe_paths = [path for path, _ in parsed]
         cells = [_Cell(str(m.resolve()), str(r.resolve()), model_name, recipe_name, **shared)
@@ -182,7 +187,7 @@ def sweep(models: Sequence[str | Path], recipes: Sequence[str | Path], *, target
         serial = count <= 1 and address is None  # a callback does not travel to Ray workers
         run = functools.partial(_run_cell, progress=progress) if serial and progress is not None else _run_cell
         rows = trials.run_trials(run, cells, workers=workers, address=address, progress=progress, what="cell")
-        notes = _measure_latency(cells, rows, target, data, progress)
+        notes = _measure_latency(cells, rows, target, source, progress)
         for row in rows:
             if out is None:
                 row["output"] = None  # the temporary folder goes away
@@ -258,6 +263,23 @@ def _pipeline(pipeline_class, recipe, cache_folder: str | None):
     return pipeline
 
 
+def _absolute(data: str | os.PathLike | DataSource) -> DataSource:
+    """``data`` as a ``DataSource`` whose paths are absolute (a worker's working folder is not
+    ours); a missing file is one line now, before any cell runs."""
+    from onnxpress.calibration import DataSource
+
+    try:
+        spec = data if isinstance(data, DataSource) else DataSource.from_path(data)
+    except ValueError as err:  # a .txt file without a tokenizer, say
+        raise DataError(f"data ({data}): {err}") from None
+    if spec.type != "python" and not spec.source.exists():
+        raise DataError(f"{spec.source}: no such data file or folder")
+    paths = {key: getattr(spec, key).resolve() for key in ("preprocessor", "tokenizer") if getattr(spec, key)}
+    if spec.source.exists():  # a module name of a python source stays as it is
+        paths["source"] = spec.source.resolve()
+    return dataclasses.replace(spec, **paths)
+
+
 def _calibration(cell: _Cell, pipeline, model):
     """The sweep's data for this model, else the recipe's ``[calibration]``, else None."""
     if cell.data is None:
@@ -278,7 +300,7 @@ def _accuracy(row: dict[str, Any], result) -> None:
         row["cosine_on"] = f"golden inputs ({result.golden_note})"
 
 
-def _measure_latency(cells: list[_Cell], rows: list[dict[str, Any]], target: str, data: str | None,
+def _measure_latency(cells: list[_Cell], rows: list[dict[str, Any]], target: str, data: DataSource | None,
                      progress: Report | None) -> list[str]:
     """Latency of every input model and every saved output, one at a time, after all the cells.
 
@@ -346,7 +368,7 @@ def _latency(runner, model, feed: dict, name: str, progress: Report | None = Non
         return None
 
 
-def _feed(model, data: str | None) -> dict:
+def _feed(model, data: DataSource | None) -> dict:
     """One feed to time ``model`` on: the first sample of ``data``, else generated."""
     if data is not None:
         from onnxpress.calibration import read_source

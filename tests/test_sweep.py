@@ -160,3 +160,33 @@ def test_trials_run_inside_the_callers_limits(ray_session):
     limits = sandbox.Limits(seconds=77)
     with sandbox.limited(limits):  # a Ray worker re-enters them around each trial
         assert trials.run_trials(operator.call, [sandbox.current, trials.in_trial], workers=2) == [limits, True]
+
+
+def test_data_without_code_feeds_each_model_its_own_way(grid, tmp_path, capsys):
+    """One folder of images, sized and coloured for each model: the digits CNN reads them grey at
+    8x8, the convnet as RGB; the options reach the sweep as they reach `run`."""
+    from PIL import Image
+
+    models, recipes, _, target = grid
+    images = tmp_path / "images"
+    images.mkdir()
+    digits = np.load(samples.DIGITS_CALIB)["input"][:12, 0]
+    for index, pixels in enumerate(digits):  # 16x16 files: the sweep resizes them for each model
+        Image.fromarray((pixels * 255).astype(np.uint8)).resize((16, 16)).save(images / f"{index:02}.png")
+    code = main(["sweep", models[0], models[2], "--recipes", recipes[2], "--data", str(images), "--scale",
+                 str(1 / 255), "--target", target, "--no-cache", "--json", "-q"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    import json
+
+    rows = json.loads(printed.out)["rows"]
+    assert [(r["model"], r["status"]) for r in rows] == [("digits_cnn", "ok"), ("convnet", "ok")]
+    assert all(str(images) in r["cosine_on"] for r in rows), [r["cosine_on"] for r in rows]
+
+
+def test_sweep_data_that_fits_no_model_input_is_one_line(grid, tmp_path, capsys):
+    models, recipes, _, target = grid
+    assert main(["sweep", models[0], "--recipes", recipes[0], "--data", str(tmp_path / "nothing.npz"),
+                 "--no-cache"]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"onnxpress: error: {tmp_path / 'nothing.npz'}: no such data file or folder"]
