@@ -86,15 +86,21 @@ def _cmd_sweep(args) -> int:
     return EXIT_FAILED_VERDICT if any(row["status"].startswith("error") for row in result.rows) else 0
 
 
-def _workers(text: str) -> int:
-    """argparse type of ``--workers``: a count >= 0 (0: one per core)."""
+def _count(text: str, *, least: int, what: str) -> int:
+    """A whole number ``>= least`` from the command line (``what``: the message's start)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--workers must be a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--workers must be >= 0 (0: one per core), got {value}")
+        raise argparse.ArgumentTypeError(f"{what} a whole number, got '{text}'") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{what} at least {least}, got {value}"
+                                         + (" (0: one per core)" if least == 0 else ""))
     return value
+
+
+def _workers(text: str) -> int:
+    """argparse type of ``--workers``: a count >= 0 (0: one per core)."""
+    return _count(text, least=0, what="--workers must be")
 
 
 # The data options (see _add_data_options): option -> (flag, the kinds of source it fits, what they are).
@@ -110,13 +116,7 @@ _DATA_OPTIONS = {
 
 def _positive(text: str) -> int:
     """argparse type of a count: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _count(text, least=1, what="expected")
 
 
 def _side_or_size(text: str) -> int | tuple[int, int]:
@@ -440,7 +440,7 @@ def _verdict_data(args, pipeline, model, calibration):
         return _data(args, "data", model), calibration, f"evaluation data {Path(args.data).name}"
     evaluation = pipeline.data(model, "evaluation")
     if evaluation is not None:
-        return evaluation, calibration, f"the recipe's evaluation data ({evaluation.name})"
+        return evaluation, calibration, f"the recipe's evaluation data, {evaluation.name}"
     if calibration is None:
         return None, None, None
     kept, held_out = holdout(calibration)

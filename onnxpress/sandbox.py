@@ -142,6 +142,32 @@ def _answer(target: str, args: tuple) -> tuple[str, Any]:
         return "error", (type(err).__name__, text.splitlines()[0] if text else "")
 
 
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While a child is spawned, hide the caller's script from multiprocessing.
+
+    A spawned child imports the parent's ``__main__`` script again (as ``__mp_main__``) before
+    it runs anything, so a user's script without an ``if __name__ == "__main__":`` guard would run
+    a second time inside our worker. The worker needs nothing from that script: its target is
+    ``onnxpress.sandbox._serve``. Spawning reads ``__main__.__spec__`` and ``__file__`` only while
+    ``start()`` prepares the child, in this thread.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
 class _Worker:
     """A child process that runs steps under the limits, one at a time."""
 
@@ -152,7 +178,8 @@ class _Worker:
         self.connection, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_serve, daemon=True,
                                        args=(child, limits.memory_bytes if address_space else None))
-        self.process.start()
+        with _main_script_hidden():
+            self.process.start()
         child.close()
         STARTED += 1
 

@@ -331,5 +331,9 @@ def _size(report: ValidationReport, profile: Target, ran: dict) -> None:
     for who, (item, _) in ran.items():
         report.size[who] = modelinfo.saved_size(item)
     if profile.size_mb > 0 and report.size["candidate"] > profile.size_mb * 2**20:
-        report.failures.append(f"size {report.size['candidate'] / 2**20:.2f} MB is over the budget of "
+        report.failures.append(f"size {report.size['candidate'] / 2**20:.4g} MB is over the budget of "
+                               f"{profile.size_mb:g} MB")
+    shipped = (report.bundle or {}).get("model_bytes")
+    if profile.size_mb > 0 and shipped and shipped > profile.size_mb * 2**20:  # what ships is model.ort
+        report.failures.append(f"the bundle's model.ort, {shipped / 2**20:.4g} MB, is over the budget of "
                                f"{profile.size_mb:g} MB")

@@ -177,3 +177,34 @@ def test_a_session_whose_first_provider_was_not_enabled_is_refused(monkeypatch):
     monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: ["AzureExecutionProvider"])
     with pytest.raises(ProviderError, match="did not enable CPUExecutionProvider"):
         runtime.Runner("cpu").session(ox.load(samples.DIGITS_MODEL))
+
+
+def test_a_script_without_a_main_guard_runs_once(tmp_path):
+    """Peak memory is measured in a spawned process; spawning must not run the caller's script again."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text("import onnxpress as ox\nfrom onnxpress import samples\nprint('script ran')\n"
+                      "model = ox.load(samples.DIGITS_MODEL)\n"
+                      "report = ox.validate(model, reference=model, target='cpu')\n"
+                      "print('peak', sorted(report.peak_memory), all(v > 0 for v in report.peak_memory.values()))\n",
+                      encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["script ran", "peak ['candidate', 'reference'] True"]
+    assert "Traceback" not in done.stderr
+
+
+def test_the_size_budget_judges_the_shipped_ort_file_too(tmp_path, digits):
+    model, feeds = digits
+    profile = (targets.FOLDER / "edge.toml").read_text(encoding="utf-8").replace("size_mb = 25.0", "size_mb = 0.1")
+    assert "size_mb = 0.1" in profile
+    (tmp_path / "tiny.toml").write_text(profile, encoding="utf-8")
+    report = validate(model, reference=model, target=str(tmp_path / "tiny.toml"), data=feeds,
+                      bundle=tmp_path / "bundle", measure_memory=False, measure_latency=False)
+    shipped = (tmp_path / "bundle" / "model.ort").stat().st_size
+    assert shipped > 0.1 * 2**20 and report.size["candidate"] > 0.1 * 2**20
+    assert report.failures == [
+        f"size {report.size['candidate'] / 2**20:.4g} MB is over the budget of 0.1 MB",
+        f"the bundle's model.ort, {shipped / 2**20:.4g} MB, is over the budget of 0.1 MB"]
