@@ -355,6 +355,7 @@ def _cmd_run(args) -> int:
     if args.recipe is None and args.target is None:
         raise OnnxpressError("run: give --recipe, or --target to run that target's default recipe")
     _data_sources(args)  # the data options checked before the model loads
+    metric = _labels(args.data, args.labels) if args.labels else None  # and the labels
     recipe = load_recipe(args.recipe) if args.recipe is not None else default_recipe(args.target)
     if args.recipe is None:
         _err(f"recipe: {recipe.description}: {' -> '.join(recipe.pass_names)}")
@@ -392,7 +393,7 @@ def _cmd_run(args) -> int:
     bundle = args.bundle or output.with_name(output.stem + "_bundle")
     report = validate(result.model, model, target=target, data=verdict_data, layerwise=args.layerwise,
                       allow_missing_provider=args.allow_missing_provider, bundle=bundle, data_source=judged_by,
-                      input_shapes=shapes, progress=_progress_for(args))
+                      input_shapes=shapes, progress=_progress_for(args), metric=metric, metric_name="accuracy")
     report.pipeline = result.to_dict()
     report.notes.extend(result.notes())
     _print_report(report, False)
@@ -677,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validate", action="store_true", help="validate on the recipe's target")
     run.add_argument("--data", help="data to judge the verdict on, of the same kinds (default: the recipe's "
                      "[evaluation], else a held-out fifth of the calibration data the passes never see)")
+    run.add_argument("--labels", metavar="KEY", help="integer class labels in the --data file: judge top-1 "
+                     "accuracy and its drop (the profile's metric_drop)")
     run.add_argument("--no-check", action="store_true", help="skip the checker/session check after each pass")
     run.add_argument("--keep-failed", action="store_true", help="save the model even when a pass breaks the "
                      "accuracy floor (exit code 1); by default nothing is written")

@@ -266,3 +266,21 @@ def test_python_dash_m_runs_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "onnxpress", "targets"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0 and "edge" in done.stdout
+
+
+def test_run_judges_top1_accuracy_with_labels(tmp_path, capsys):
+    from onnxpress import samples
+
+    out = tmp_path / "q.onnx"
+    code = main(["run", str(samples.DIGITS_MODEL), "--target", "cpu", "--calibration", str(samples.DIGITS_CALIB),
+                 "--data", str(samples.DIGITS_EVAL), "--labels", "label", "-o", str(out), "-q"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    row = next(line for line in printed.splitlines() if line.startswith("accuracy"))
+    reference, candidate = (float(v) for v in row.split()[1:])
+    assert reference > 0.95 and reference - candidate <= 0.01  # the cpu profile's metric_drop
+    missing = main(["run", str(samples.DIGITS_MODEL), "--target", "cpu", "--calibration", str(samples.DIGITS_CALIB),
+                    "--labels", "label", "-o", str(tmp_path / "never.onnx")])
+    assert missing == 2 and not (tmp_path / "never.onnx").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "onnxpress: error: --labels needs --data to be one .npz file holding the labels")
