@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from onnxpress._cli_data import add_data_options, data_sources, labels_metric, read_data, workers
+from onnxpress._cli_export import cmd_export, export_input
 from onnxpress.errors import OnnxpressError
 
 EXIT_FAILED_VERDICT = 1
@@ -75,7 +77,7 @@ def _cmd_sweep(args) -> int:
     from onnxpress.sweep import sweep
 
     cache_folder = None if args.no_cache else str(args.cache_dir or default_folder())
-    result = sweep(args.models, args.recipes, target=args.target, data=_data_sources(args).get("data"),
+    result = sweep(args.models, args.recipes, target=args.target, data=data_sources(args).get("data"),
                    workers=args.workers,
                    address=args.ray_address, out=args.out, cache_folder=cache_folder,
                    progress=_progress_for(args))
@@ -84,182 +86,6 @@ def _cmd_sweep(args) -> int:
         _err(f"output models: {result.out_folder}")
     # A floor failure is a result (a row); a cell whose pipeline could not run is not.
     return EXIT_FAILED_VERDICT if any(row["status"].startswith("error") for row in result.rows) else 0
-
-
-def _count(text: str, *, least: int, what: str) -> int:
-    """A whole number ``>= least`` from the command line (``what``: the message's start)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} a whole number, got '{text}'") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"{what} at least {least}, got {value}"
-                                         + (" (0: one per core)" if least == 0 else ""))
-    return value
-
-
-def _workers(text: str) -> int:
-    """argparse type of ``--workers``: a count >= 0 (0: one per core)."""
-    return _count(text, least=0, what="--workers must be")
-
-
-# The data options (see _add_data_options): option -> (flag, the kinds of source it fits, what they are).
-_IMAGES, _TEXT = ({"images"}, "a folder of images"), ({"text"}, "a text file")
-_DATA_OPTIONS = {
-    "image_size": ("--image-size", *_IMAGES), "crop": ("--crop", *_IMAGES), "mean": ("--mean", *_IMAGES),
-    "std": ("--std", *_IMAGES), "scale": ("--scale", *_IMAGES), "layout": ("--layout", *_IMAGES),
-    "color": ("--color", *_IMAGES), "preprocessor": ("--preprocessor", *_IMAGES),
-    "tokenizer": ("--tokenizer", *_TEXT), "max_length": ("--max-length", *_TEXT),
-    "input_name": ("--input-name", {"images", "npy"}, "a folder of images or a .npy file"),
-    "batch_size": ("--batch-size", {"npz", "npy", "images", "text", None}, "arrays, images or text")}
-
-
-def _positive(text: str) -> int:
-    """argparse type of a count: a whole number >= 1."""
-    return _count(text, least=1, what="expected")
-
-
-def _side_or_size(text: str) -> int | tuple[int, int]:
-    """argparse type of ``--image-size``: ``H`` (the shorter side) or ``HxW``."""
-    parts = text.lower().split("x")
-    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"expected H or HxW in pixels (224, 224x224), got '{text}'")
-    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-
-
-def _crop_size(text: str) -> tuple[int, int]:
-    """argparse type of ``--crop``: ``HxW``, or ``S`` for a square."""
-    size = _side_or_size(text)
-    return (size, size) if isinstance(size, int) else size
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    """argparse type of ``--mean``/``--std``: one number, or one per channel separated by commas."""
-    try:
-        return tuple(float(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (0.485,0.456,0.406), "
-                                         f"got '{text}'") from None
-
-
-def _add_data_options(parser: argparse.ArgumentParser) -> None:
-    """The options that say how ``--calibration`` and ``--data`` are read (run, validate, optimize, sweep)."""
-    group = parser.add_argument_group(
-        "data without code", "--calibration and --data take a .npz file (samples on axis 0), a .npy file, a folder "
-        "of .npz files or of images, a text file (one sample a line, with --tokenizer), or MODULE:FUNCTION / "
-        "FILE.py:FUNCTION returning or yielding feeds; feeds are matched to the model's inputs by name, dtype and "
-        "shape. These options apply to whichever of the two they fit")
-    group.add_argument("--batch-size", type=_positive, metavar="N",
-                       help="samples (rows, images, lines) per feed (default 1)")
-    group.add_argument("--limit", type=_positive, metavar="N", help="read at most N feeds")
-    group.add_argument("--input-name", metavar="NAME", help="the input that images (or a .npy array) feed "
-                       "(default: the model's only float input of rank 4, or its only input)")
-    group.add_argument("--image-size", type=_side_or_size, metavar="H[xW]", help="resize images to HxW, or their "
-                       "shorter side to H (default: the model's fixed height and width)")
-    group.add_argument("--crop", type=_crop_size, metavar="H[xW]", help="centre crop after resizing")
-    group.add_argument("--mean", type=_floats, metavar="A[,B,C]", help="subtracted per channel after --scale "
-                       "(default 0)")
-    group.add_argument("--std", type=_floats, metavar="A[,B,C]", help="divided by per channel after --mean (default 1)")
-    group.add_argument("--scale", type=float, metavar="S", help="pixel values (0..255) times S first (default 1/255)")
-    group.add_argument("--layout", choices=("NCHW", "NHWC"), help="default: where the model's 1- or 3-channel axis is")
-    group.add_argument("--color", choices=("RGB", "BGR", "L"), help="default: L for a 1-channel input, else RGB")
-    group.add_argument("--preprocessor", metavar="PATH", help="a Hugging Face folder or its preprocessor_config.json "
-                       "(size, crop, rescale, mean, std; default: the model's folder's, when it has one)")
-    group.add_argument("--tokenizer", metavar="PATH", help="a local tokenizer folder or tokenizer.json for a text "
-                       "file (default: the model's folder's, when it has one); nothing is downloaded")
-    group.add_argument("--max-length", type=_positive, metavar="N", help="tokens per line at most (default: the "
-                       "model's fixed sequence length, else 128)")
-
-
-def _data_sources(args) -> dict:
-    """``--calibration`` and ``--data`` (those given) as ``DataSource``s, each with the data options
-    that fit its kind. An option that fits neither is an error, so none is silently ignored."""
-    from onnxpress.calibration import DataSource, ImageSpec, source_kind
-    from onnxpress.errors import DataError
-
-    if getattr(args, "data_sources", None) is not None:
-        return args.data_sources
-
-    paths = {key: getattr(args, key, None) for key in ("calibration", "data")}
-    paths = {key: path for key, path in paths.items() if path}
-    kinds = {key: source_kind(path, text=args.tokenizer is not None) for key, path in paths.items()}
-    for key, (flag, fits, what) in _DATA_OPTIONS.items():
-        if getattr(args, key) is not None and not any(kind in fits for kind in kinds.values()):
-            found = ", ".join(f"--{k} {paths[k]} is {kinds[k] or 'npz'} data" for k in paths) or \
-                "no --calibration or --data given"
-            raise DataError(f"{flag} applies to {what} as --calibration or --data ({found}); a recipe's data take "
-                            "their settings in its table")
-    sources = {}
-    for key, path in paths.items():
-        kind = kinds[key]
-        options = {"batch_size": args.batch_size or 1, "limit": args.limit}
-        if kind in ("images", "npy"):
-            options["input"] = args.input_name
-        if kind == "images":
-            image = ImageSpec(size=args.image_size, crop=args.crop, color=args.color, scale=args.scale,
-                              mean=args.mean, std=args.std, layout=args.layout) if _any_image_option(args) else None
-            options.update(image=image, preprocessor=args.preprocessor or _beside_model(args, "preprocessor_config.json"))
-        elif kind == "text":
-            tokenizer = args.tokenizer or _beside_model(args, "tokenizer.json", "tokenizer_config.json")
-            options.update(tokenizer=tokenizer and Path(tokenizer), max_length=args.max_length)
-        elif kind == "python":
-            options.pop("batch_size")
-        try:
-            sources[key] = DataSource.from_path(path, **options)
-        except ValueError as err:
-            raise DataError(f"--{key} {path}: {err}") from None
-    args.data_sources = sources
-    return sources
-
-
-def _any_image_option(args) -> bool:
-    return any(getattr(args, key) is not None for key, (_, fits, _) in _DATA_OPTIONS.items()
-               if fits == _IMAGES[0] and key != "preprocessor")
-
-
-def _beside_model(args, *names: str) -> str | None:
-    """The file (a preprocessor config) or folder (a tokenizer) found beside the model: in its
-    folder, or the folder above an ``onnx/`` one (how Hugging Face exports lay models out)."""
-    model = getattr(args, "model", None)
-    if not model:
-        return None
-    folder = Path(model).parent
-    for place in (folder, folder.parent) if folder.name == "onnx" else (folder,):
-        for name in names:
-            if (place / name).is_file():
-                found = place / name if name == "preprocessor_config.json" else place
-                _err(f"data: {'preprocessing' if name == 'preprocessor_config.json' else 'tokenizer'} from {found}")
-                return str(found)
-    return None
-
-
-def _data(args, which: str, model):
-    """Feeds for ``model`` from ``--calibration`` or ``--data`` (``which``), read with the data
-    options, matched to its inputs (arrays that are not inputs, such as labels, left out)."""
-    if not getattr(args, which, None):
-        return None
-    from onnxpress.calibration import read_source
-
-    return read_source(_data_sources(args)[which], model=model, name=which)
-
-
-def _labels(path: str | None, key: str):
-    """Top-1 accuracy against the integer array ``key`` of the --data file, as a metric."""
-    from onnxpress.calibration import read_array
-    from onnxpress.errors import DataError
-    from onnxpress.metrics import accuracy
-
-    if path is None or Path(path).is_dir():
-        raise DataError("--labels needs --data to be one .npz file holding the labels")
-    labels = read_array(path, key)
-
-    def metric(outputs):
-        try:
-            return accuracy(outputs, labels)
-        except ValueError as err:
-            raise DataError(f"--labels {key}: {err}") from None
-
-    return metric
 
 
 def _print_report(report, as_json: bool) -> None:
@@ -279,17 +105,17 @@ def _cmd_validate(args) -> int:
     from onnxpress.golden import save_golden
     from onnxpress.validate import validate
 
-    _data_sources(args)  # the data options checked before the model loads
+    data_sources(args)  # the data options checked before the model loads
     candidate = load(args.model)
     shapes = _input_shapes(args.input_shape)
     if args.save_golden:
-        save_golden(candidate, _data(args, "data", candidate) if args.data else _generated(candidate, shapes),
+        save_golden(candidate, read_data(args, "data", candidate) if args.data else _generated(candidate, shapes),
                     args.save_golden)
         print(f"saved golden inputs and outputs of {args.model} in {args.save_golden}")
         return 0
     reference = load(args.reference) if args.reference else None
-    metric = _labels(args.data, args.labels) if args.labels else None
-    report = validate(candidate, reference, target=args.target, data=_data(args, "data", candidate), golden=args.golden,
+    metric = labels_metric(args.data, args.labels) if args.labels else None
+    report = validate(candidate, reference, target=args.target, data=read_data(args, "data", candidate), golden=args.golden,
                       allow_missing_provider=args.allow_missing_provider, layerwise=args.layerwise,
                       bundle=args.bundle, metric=metric, metric_name="accuracy", input_shapes=shapes,
                       progress=_progress_for(args))
@@ -354,8 +180,8 @@ def _cmd_run(args) -> int:
         raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
     if args.recipe is None and args.target is None:
         raise OnnxpressError("run: give --recipe, or --target to run that target's default recipe")
-    _data_sources(args)  # the data options checked before the model loads
-    metric = _labels(args.data, args.labels) if args.labels else None  # and the labels
+    data_sources(args)  # the data options checked before the model loads
+    metric = labels_metric(args.data, args.labels) if args.labels else None  # and the labels
     recipe = load_recipe(args.recipe) if args.recipe is not None else default_recipe(args.target)
     if args.recipe is None:
         _err(f"recipe: {recipe.description}: {' -> '.join(recipe.pass_names)}")
@@ -365,7 +191,7 @@ def _cmd_run(args) -> int:
         pipeline.check = False
     shapes = _input_shapes(args.input_shape, recipe.pipeline_options.get("input_shapes"))
     pipeline.input_shapes = shapes  # for the golden inputs it generates
-    calibration = _data(args, "calibration", model) if args.calibration else pipeline.data(model, "calibration")
+    calibration = read_data(args, "calibration", model) if args.calibration else pipeline.data(model, "calibration")
     target = args.target or (recipe.target if args.validate else None)
     verdict_data, judged_by = None, None
     if target is not None:
@@ -411,7 +237,7 @@ def _write_run_lock(args, recipe, pipeline, model, calibration, result, *, note:
 
     recipe_base = recipe.path.parent if recipe.path is not None else None
     if args.calibration:
-        source, base = _data_sources(args)["calibration"], None
+        source, base = data_sources(args)["calibration"], None
     else:
         source, base = recipe.calibration, recipe_base
     evaluation = recipe.evaluation
@@ -438,7 +264,7 @@ def _verdict_data(args, pipeline, model, calibration):
     from onnxpress.calibration import holdout
 
     if args.data:
-        return _data(args, "data", model), calibration, f"evaluation data {Path(args.data).name}"
+        return read_data(args, "data", model), calibration, f"evaluation data {Path(args.data).name}"
     evaluation = pipeline.data(model, "evaluation")
     if evaluation is not None:
         return evaluation, calibration, f"the recipe's evaluation data, {evaluation.name}"
@@ -473,11 +299,11 @@ def _cmd_optimize(args) -> int:
         raise OnnxpressError(f"{output}: the output would overwrite the input model; choose another path")
     if args.max_drop is not None and args.labels is None:
         raise OnnxpressError("optimize: --max-drop needs --labels KEY (the labels in the --data file)")
-    _data_sources(args)  # the data options checked before the model loads
+    data_sources(args)  # the data options checked before the model loads
     model = load(str(source))
-    calibration = _data(args, "calibration", model)
-    data = _data(args, "data", model)
-    metric = _labels(args.data, args.labels) if args.labels else None
+    calibration = read_data(args, "calibration", model)
+    data = read_data(args, "data", model)
+    metric = labels_metric(args.data, args.labels) if args.labels else None
     cache = None if args.no_cache else Cache(args.cache_dir, max_bytes=int(args.cache_size_gb * 2**30))
     result = optimize(model, target=args.target, calibration=calibration, data=data, min_cosine=args.min_cosine,
                       max_drop=args.max_drop, metric=metric, objective=args.objective,
@@ -510,7 +336,7 @@ def _write_optimize_recipe(args, model, result) -> Path:
     output = Path(args.output)
     pipeline = Pipeline(parse_recipe(result.recipe).passes, target=args.target,
                         accuracy_floor=result.budget["min_cosine"] or 0.0)
-    source = _data_sources(args)["calibration"]
+    source = data_sources(args)["calibration"]
     source = dataclasses.replace(source, limit=len(result.calibration))  # without the held-out part
     path = output.with_name(output.stem + ".recipe.toml")
     path.write_text(recipe_text(pipeline.passes, target=args.target, description=parse_recipe(result.recipe).description,
@@ -522,128 +348,6 @@ def _write_optimize_recipe(args, model, result) -> Path:
                     description=parse_recipe(result.recipe).description)
     print(f"lockfile: {lock}")
     return path
-
-
-def _export_input(text: str) -> tuple[str, tuple[int, ...], str]:
-    """argparse type of ``--input NAME=2x3:float32``: a bad one is a usage error (exit 2)."""
-    from onnxpress.export import parse_input_spec
-
-    try:
-        return parse_input_spec(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _cmd_export(args) -> int:
-    from onnxpress.errors import ModelError
-    from onnxpress.io import save
-
-    output = Path(args.output)
-    if output.is_dir() or not output.parent.is_dir():
-        raise ModelError(f"{output}: give a file name in an existing folder for the model")
-    if (args.hf is None) == (args.module is None):
-        raise OnnxpressError("export: give MODULE:FACTORY or --hf FOLDER (one of them)")
-    if args.hf is not None:
-        if args.input or args.example_inputs:
-            raise OnnxpressError("export: --input and --example-inputs are for MODULE:FACTORY; --hf makes its "
-                                 "own inputs")
-        model = _export_hf(args)
-    else:
-        if args.task or args.with_past:
-            raise OnnxpressError("export: --task and --with-past are for --hf FOLDER")
-        model = _export_module(args)
-    save(model, output)
-    _print_export(model, output, args.module)
-    return 0
-
-
-def _export_hf(args):
-    from onnxpress.export_hf import export_hf
-
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # export_hf says so in one line
-        hf_logging = None
-    if hf_logging is not None:
-        hf_logging.disable_progress_bar()  # the weight-loading bar is noise on a one-shot command
-    return export_hf(args.hf, task=args.task, with_past=args.with_past, opset=args.opset, dynamic=args.dynamic,
-                     exporter=args.exporter)
-
-
-def _export_module(args):
-    import inspect
-
-    import torch
-
-    from onnxpress.errors import DataError
-    from onnxpress.export import example_tensor, export, load_factory
-
-    module, example = load_factory(args.module)
-    names = None
-    if args.input:
-        generator = torch.Generator().manual_seed(0)
-        names = [name for name, _, _ in args.input]
-        if len(set(names)) != len(names):
-            raise DataError(f"--input: '{next(n for n in names if names.count(n) > 1)}' is given twice")
-        example = tuple(example_tensor(shape, dtype, generator) for _, shape, dtype in args.input)
-    elif args.example_inputs:
-        names, example = _example_file(args.example_inputs)
-    elif example is None:
-        raise OnnxpressError(f"export: {args.module}() returned no example inputs; give --input NAME=SHAPE:DTYPE "
-                             "or --example-inputs FILE.npz")
-    else:
-        params = [p.name for p in inspect.signature(module.forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        names = params[:len(example)] if len(params) >= len(example) else None
-    return export(module, example, dynamic_batch=args.dynamic, opset=args.opset, input_names=names,
-                  exporter=args.exporter)
-
-
-def _example_file(path: str) -> tuple[list[str], tuple]:
-    """The arrays of an ``.npz`` file as tensors, named and ordered as stored."""
-    import zipfile
-
-    import numpy as np
-    import torch
-
-    from onnxpress.errors import DataError
-
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: not an .npz file of arrays named by input")
-        with data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path}: cannot read the example inputs: {err}") from err
-    if not arrays:
-        raise DataError(f"{path}: holds no arrays")
-    return list(arrays), tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays.values())
-
-
-def _print_export(model, output: Path, source: str | None) -> None:
-    from onnxpress.export import export_info
-    from onnxpress.export_hf import export_hf_info
-
-    info, hf = export_info(model) or {}, export_hf_info(model)
-    if source is not None:
-        print(f"model: {source}()")
-    if hf is not None:
-        print(f"model: {hf['architecture']} from {hf['source']}, task {hf['task']}"
-              + (" (encoder only)" if hf["encoder_only"] else ""))
-        if hf["cache"]:
-            print(f"cache: {hf['cache']}")
-    print(f"exporter: {info.get('exporter')}" + (f" (after {info['fallback_reason']})" if info.get("fallback_reason")
-                                                  else ""))
-    batches = ", ".join(str(b) for b in info.get("batch_sizes_checked", []))
-    print(f"checked against torch on batch sizes {batches}: max |onnx - torch| = {info.get('max_abs_error', 0):.3g}")
-    for label, values in (("inputs", model.graph.inputs), ("outputs", model.graph.outputs)):
-        print(f"{label}:")
-        for value in values:
-            dims = "?" if value.shape is None else " x ".join(str(d) for d in value.shape)
-            dtype = value.dtype.numpy().name if value.dtype is not None else "?"
-            print(f"  {value.name}: {dtype}[{dims}]")
-    print(f"saved {output}")
 
 
 _INPUT_SHAPE_HELP = ("shape of a generated input, e.g. images=1x3x640x640 (repeatable; default: unknown sizes "
@@ -691,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bundle", help="folder for the edge bundle (default: OUTPUT_bundle/ beside the output)")
     run.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=DIMS",
                      help=_INPUT_SHAPE_HELP + "; over the recipe's [pipeline] input_shapes")
-    _add_data_options(run)
+    add_data_options(run)
     run.set_defaults(func=_cmd_run)
 
     validate = commands.add_parser("validate", help="check a model on a target against a reference")
@@ -713,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--bundle", help="folder for the edge bundle (targets that ask for the ORT format)")
     validate.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=DIMS",
                           help=_INPUT_SHAPE_HELP)
-    _add_data_options(validate)
+    add_data_options(validate)
     validate.set_defaults(func=_cmd_validate)
 
     replay = commands.add_parser("replay", help="make a run's output again from its lockfile and check its digest")
@@ -743,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data", help="calibration data for every cell, over the recipes' [calibration], in any "
                        "form --calibration takes (read for each model and matched to its inputs)")
     sweep.add_argument("--out", help="folder for the output models, MODEL__RECIPE.onnx (default: not kept)")
-    sweep.add_argument("--workers", type=_workers, default=1, help="cells at once, as tasks on a local Ray "
+    sweep.add_argument("--workers", type=workers, default=1, help="cells at once, as tasks on a local Ray "
                        "(needs onnxpress[ray]); 1 (default): one after another in-process; 0: one per core. "
                        "Latency is measured after every cell ended, one model at a time")
     sweep.add_argument("--ray-address", help="run the cells on this Ray cluster; models, recipes, data, --out "
@@ -753,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "$ONNXPRESS_CACHE or ~/.cache/onnxpress)")
     sweep_cache.add_argument("--no-cache", action="store_true", help="compute everything again, store nothing")
     sweep.add_argument("--json", action="store_true")
-    _add_data_options(sweep)
+    add_data_options(sweep)
     sweep.set_defaults(func=_cmd_sweep)
 
     demo = commands.add_parser("demo", help="run the default recipe on a bundled digits model")
@@ -790,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--external-data", action="store_true", help="save tensors to an external data file")
     opt.add_argument("--allow-missing-provider", action="store_true")
     opt.add_argument("--report", help="folder for report.html (with the Pareto front), report.md and report.json")
-    _add_data_options(opt)
+    add_data_options(opt)
     opt.set_defaults(func=_cmd_optimize)
 
     exp = commands.add_parser("export", help="export a torch module or a Hugging Face model folder to ONNX, "
@@ -802,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(never downloads)")
     exp.add_argument("-o", "--output", required=True, help="output .onnx path")
     example = exp.add_mutually_exclusive_group()
-    example.add_argument("--input", action="append", type=_export_input, metavar="NAME=SHAPE[:DTYPE]",
+    example.add_argument("--input", action="append", type=export_input, metavar="NAME=SHAPE[:DTYPE]",
                          help="an input to export on, in the forward's order, e.g. images=1x3x32x32:float32 "
                          "(repeatable; floats are random normal, integers 0 or 1)")
     example.add_argument("--example-inputs", metavar="FILE.npz", help="the example inputs as arrays named by "
@@ -819,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     dynamic.add_argument("--dynamic-batch", dest="dynamic", action="store_true", default=True,
                          help="dynamic batch axis (and sequence axes with --hf); the default")
     dynamic.add_argument("--static", dest="dynamic", action="store_false", help="fix every size")
-    exp.set_defaults(func=_cmd_export)
+    exp.set_defaults(func=cmd_export)
     for name in _LONG_COMMANDS:  # -q after the command's name as well as before it
         if name in commands.choices:
             commands.choices[name].add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
