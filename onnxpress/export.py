@@ -192,11 +192,19 @@ def _dynamo(module, args, names, out_names, axes, opset) -> ir.Model:
         # torch.export specialises a size-1 dimension to the constant 1; export on size 2 there.
         if any(arg.shape[axis] == 1 for n, arg in zip(names, args) for axis in axes.get(n, {})):
             export_args = tuple(_resize_axes(arg, axes.get(n, {})) for n, arg in zip(names, args))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, export_args, dynamo=True, opset_version=opset,
-                                    input_names=names, output_names=out_names,
-                                    dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
+    # The exporter warns once per torchvision operator it cannot register when torchvision is
+    # absent (always, beside the CPU torch): noise for every model that does not use them.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(module, export_args, dynamo=True, opset_version=opset,
+                                        input_names=names, output_names=out_names,
+                                        dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
+    finally:
+        registration.setLevel(level)
     return program.model
 
 
