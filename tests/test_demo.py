@@ -54,16 +54,13 @@ def test_demo_shows_the_win(demo):
 
 
 def test_readme_shows_what_the_demo_prints(demo):
-    """Every figure of the README's demo section that does not depend on timing is this run's."""
+    """Every figure of the README's demo section that does not depend on the machine is this
+    run's (latency, wall time and the allocator's peak memory are one run's; they vary)."""
     _, result = demo
     section = README.read_text(encoding="utf-8").split("## Quick start", 1)[1].split("\n## ", 1)[0]
     shown = section.split("```\n", 2)[2].split("```", 1)[0]  # the block after the commands' block
     out = result.stdout
-    for name in ("size", "session peak memory", "accuracy"):
-        if name == "session peak memory":  # allocator figures: within 15 %
-            ours = [float(v.split()[0]) for v in _row(out, name)]
-            assert [float(v.split()[0]) for v in _row(shown, name)] == pytest.approx(ours, rel=0.15)
-            continue
+    for name in ("size", "accuracy"):
         assert _row(shown, name) == _row(out, name), name
     for name in ("simplify", "quantize"):
         ours, theirs = _pass_row(out, name), _pass_row(shown, name)
