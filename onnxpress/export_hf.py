@@ -186,7 +186,7 @@ def _transformers() -> Any:
     try:
         import transformers
     except ImportError as err:
-        raise ExportError("export_hf needs transformers, which is not installed (pip install transformers)") from err
+        raise ExportError("export_hf needs transformers, which is not installed (pip install onnxpress[hf])") from err
     return transformers
 
 

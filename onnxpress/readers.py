@@ -315,7 +315,7 @@ def _tokenizer_json(path: Path, where: str):
         import tokenizers
     except ImportError:
         raise DataError(f"{where}: reading text needs transformers or tokenizers "
-                        "(pip install transformers)") from None
+                        "(pip install onnxpress[hf])") from None
     if not path.is_file():
         raise DataError(f"{where}: tokenizer {path}: no such file (a tokenizer folder or tokenizer.json)")
     try:
