@@ -41,7 +41,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto
+from onnxpress import _proto, _weights
 from onnxpress.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -104,8 +104,10 @@ def _tensor_digest(tensor: ir.TensorProtocol) -> bytes:
             data = item if isinstance(item, bytes) else str(item).encode()
             digest.update(len(data).to_bytes(8, "little"))
             digest.update(data)
-    elif tensor.dtype.bitwidth % 8:
-        digest.update(tensor.tobytes())  # packed sub-byte types: their stored form
+    elif tensor.dtype.bitwidth % 8 or isinstance(tensor, ir.ExternalTensor):
+        # Packed sub-byte types: their stored form; a tensor on disk: read a block at a time.
+        for block in _weights.chunks(tensor):
+            digest.update(block)
     else:
         _update_array(digest, tensor.numpy())
     return digest.digest()

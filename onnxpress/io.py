@@ -25,7 +25,7 @@ import google.protobuf.message
 import onnx
 import onnx_ir as ir
 
-from onnxpress import _proto
+from onnxpress import _proto, _weights
 from onnxpress.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -243,8 +243,8 @@ def save(model: ModelSource, path: str | os.PathLike, *, external_data: bool | N
         data_name = None
         if use_external:
             data_name = f"{dest.name}.{secrets.token_hex(4)}.data"
-            ir.save(model, staged_model, external_data=data_name,
-                    size_threshold_bytes=size_threshold_bytes)
+            # One tensor at a time: a model past the protobuf limit is never whole in memory.
+            _weights.write_external(model, staging, dest.name, data_name, size_threshold_bytes)
         else:
             staged_model.write_bytes(_proto.to_bytes(model))
         for staged in staging.iterdir():

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress import _proto
+from onnxpress import _proto, _weights
 
 
 
@@ -194,16 +194,17 @@ def parameter_count(model: ir.Model) -> int:
 
 
 def saved_size(model: ir.Model) -> int:
-    """Bytes the model takes saved: the protobuf, or weights plus graph past the 2 GB limit."""
-    if _proto.fits_in_protobuf(model):
+    """Bytes the model takes saved: the protobuf, or the weights for a large model (never
+    serialised whole into memory)."""
+    if not _weights.is_large(model):
         return len(_proto.to_bytes(model))
     return _proto.weight_bytes(model)
 
 
 def deflated_size(model: ir.Model) -> int | None:
     """Bytes of the saved model after deflate (what unstructured sparsity buys on disk), or None
-    past the protobuf limit."""
-    if not _proto.fits_in_protobuf(model):
+    for a large model."""
+    if _weights.is_large(model):
         return None
     return len(zlib.compress(_proto.to_bytes(model), 6))
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto, runtime, sandbox
+from onnxpress import _proto, _weights, runtime, sandbox
 from onnxpress.cache import Cache, data_digest, make_key, model_digest, pass_config, versions
 from onnxpress.calibration import Calibration, from_feeds
 from onnxpress.context import Metric, Pass, PassContext, PassResult, pass_name, pass_statistics
@@ -268,6 +268,13 @@ class Pipeline:
         from onnxpress.io import load
 
         source = load(model)
+        # A large model streams: each pass's new tensors go to the workspace's spill file as they
+        # are made, and every weight read is released after use (``_weights``).
+        with _weights.streaming(_weights.is_large(source)):
+            return self._run(source, calibration, evaluation, metric, progress)
+
+    def _run(self, source: ir.Model, calibration, evaluation, metric: Metric | None,
+             progress: Progress | None) -> PipelineResult:
         calib = _read(calibration if calibration is not None else self.calibration, source, "calibration")
         held_out = _read(evaluation, source, "evaluation")
         runner = self.runner()
@@ -319,6 +326,8 @@ class Pipeline:
                 raise PipelineError(f"pass '{name}' failed: {err}") from err
             seconds = time.perf_counter() - start
             current, digest = result.model, produced
+            if _weights.is_streaming():
+                _weights.spill(current)
             record = PassRecord(
                 name=name, seconds=seconds, modified=result.modified,
                 nodes_before=before[0], nodes_after=node_count(current),
@@ -375,6 +384,9 @@ class Pipeline:
         when this run does not use the cache. ``teacher`` is the digest of ``model``, the
         pipeline's input (``distill`` learns from it)."""
         if self.cache is None:
+            return None
+        if _weights.is_large(model):
+            logger.info("cache: not used: the model is large (storing each pass's result would copy its weights)")
             return None
         if metric is not None:
             logger.info("cache: not used: a task metric is given, and a callable cannot be keyed")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import _proto, sandbox
+from onnxpress import _proto, _segments, _weights, sandbox
 from onnxpress.errors import DataError, ProviderError
 from onnxpress.progress import Report, Tracker
 
@@ -143,6 +143,7 @@ class Latency:
     p90_ms: float
     mean_ms: float
     runs: int
+    segments: int = 1  # run piecewise: the sums over this many segments' sessions
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,6 +173,7 @@ class _Request:
     placement: bool = False
     quiet: bool = False
     reference: bool = False  # run with onnx.reference: the provider has no kernels for the model's types
+    segment_bytes: int | None = None  # run piecewise in segments of at most this many bytes of weights
 
 
 @dataclass
@@ -264,6 +266,9 @@ def _perform(source: bytes | str, request: _Request, progress: Report | None = N
         _check(source)
     if request.reference:
         return _perform_reference(source, request)
+    if request.segment_bytes is not None:
+        assert isinstance(source, str), "a model run piecewise is a file in the workspace"
+        return _perform_piecewise(source, request, progress)
     result = RunResult()
     with tempfile.TemporaryDirectory(prefix="onnxpress-session-") as folder:
         optimized = str(Path(folder) / "optimized.onnx") if request.census else None
@@ -282,6 +287,104 @@ def _perform(source: bytes | str, request: _Request, progress: Report | None = N
         if optimized is not None:
             result.census = _census(optimized)
     return result
+
+
+def _perform_piecewise(source: str, request: _Request, progress: Report | None = None) -> RunResult:
+    """``_perform`` for a model past the session budget: one segment's session at a time.
+
+    Every feed goes through a segment before the next segment's session is built. Latency is
+    the sum of the segments' medians (p90s, means), each timed on the first feed's values at its
+    border; the kernel census and the placement add up the segments'.
+    """
+    assert request.segment_bytes is not None
+    plan = _segments.Plan(source, request.segment_bytes)
+    activations = [dict(feed) for feed in request.feeds]
+    result = RunResult()
+    census: dict[str, int] = {}
+    placed: list[Placed] = []
+    latencies: list[Latency] = []
+    quick = 0.0
+    tracker = Tracker(progress, "segments", len(plan), "segments")
+    with tempfile.TemporaryDirectory(prefix="onnxpress-session-") as folder:
+        for index in range(len(plan)):
+            optimized = str(Path(folder) / f"optimized-{index}.onnx") if request.census else None
+            path = plan.write(index, activations[0] if activations else None)
+            try:
+                session = Session(str(path), request.settings, profile_dir=folder if request.placement else None,
+                                  optimized_path=optimized, quiet=request.quiet)
+            finally:
+                path.unlink(missing_ok=True)
+            outputs = plan.segments[index].outputs
+            for values in activations:
+                values.update(session.run(values, outputs))
+            if activations and request.quick_runs:
+                quick += float(np.median(_times(session, activations[0], request.quick_runs)))
+            if activations and request.timing is not None:
+                latencies.append(_measure(session, activations[0], request.timing))
+            if request.placement:
+                placed.extend(_placement(session.session.end_profiling()))
+            session.close()
+            if optimized is not None:
+                for op, count in _census(optimized)["ops"].items():
+                    census[op] = census.get(op, 0) + count
+                for leftover in Path(folder).glob(f"optimized-{index}*"):
+                    leftover.unlink()
+            for values in activations:
+                plan.forget(index, values)
+            tracker.update(index + 1, len(plan))
+    tracker.end()
+    keep = len(activations) if request.keep is None else request.keep
+    result.outputs = [{name: values[name] for name in plan.output_names} for values in activations[:keep]]
+    if request.quick_runs and activations:
+        result.quick_latency_ms = quick
+    if latencies:
+        result.latency = Latency(median_ms=sum(x.median_ms for x in latencies), p90_ms=sum(x.p90_ms for x in latencies),
+                                 mean_ms=sum(x.mean_ms for x in latencies), runs=min(x.runs for x in latencies),
+                                 segments=len(latencies))
+    if request.census:
+        result.census = _census_of(census)
+    if request.placement:
+        result.placement = placed
+    return result
+
+
+class PiecewiseSession:
+    """A session over a model past the session budget, for in-process streaming work
+    (statistics, layer-wise comparisons): ``run`` builds each segment's session in turn, up
+    to the last segment that makes an asked-for output, and drops it."""
+
+    def __init__(self, source: str, settings: Settings, segment_bytes: int) -> None:
+        self.plan = _segments.Plan(source, segment_bytes)
+        self.settings = settings
+        self.input_names = list(self.plan.input_names)
+        self.output_names = list(self.plan.output_names)
+        self.artefact: _Artefact | None = None
+
+    def run(self, feed: Feed, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self.output_names
+        values = {name: feed[name] for name in self.input_names}
+        for index in range(self.plan.needed_for(names)):
+            path = self.plan.write(index, values)
+            try:
+                session = Session(str(path), self.settings)
+            finally:
+                path.unlink(missing_ok=True)
+            values.update(session.run(values, self.plan.segments[index].outputs))
+            session.close()
+            self.plan.forget(index, values)
+        return {name: values[name] for name in names}
+
+    def run_all(self, feeds: Iterable[Feed]) -> list[dict[str, np.ndarray]]:
+        return [self.run(feed) for feed in feeds]
+
+    def close(self) -> None:
+        self.plan = None  # type: ignore[assignment]
+
+    def __enter__(self) -> PiecewiseSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # bfloat16 models on the CPU: ONNX Runtime's CPU provider has no bfloat16 kernels for most ops
@@ -357,6 +460,10 @@ def _census(optimized_path: str) -> dict[str, Any]:
     ops: dict[str, int] = {}
     for node in _proto.all_nodes(proto):
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return _census_of(ops)
+
+
+def _census_of(ops: dict[str, int]) -> dict[str, Any]:
     return {
         "int8": sum(c for op, c in ops.items() if op in INT8_KERNELS),
         "float": sum(c for op, c in ops.items() if op in FLOAT_COMPUTE_KERNELS),
@@ -384,8 +491,9 @@ def _serve(key: str, source: bytes | str | None, request: _Request) -> RunResult
     return _perform(source, request)
 
 
-def _peak_memory(source: bytes | str, feed: dict, settings: Settings) -> int:
-    """Peak resident memory a session adds, built and run once (in a fresh process)."""
+def _peak_memory(source: bytes | str, feed: dict, settings: Settings, segment_bytes: int | None = None) -> int:
+    """Peak resident memory a session adds, built and run once (in a fresh process); a model run
+    piecewise: the peak of its segments' sessions, one at a time."""
     def status(key: str) -> int:
         # VmHWM (peak resident) belongs to this process image; ru_maxrss would carry the
         # parent's peak over fork and exec.
@@ -398,6 +506,10 @@ def _peak_memory(source: bytes | str, feed: dict, settings: Settings) -> int:
     import onnxruntime  # noqa: F401  (its import is not the session's memory)
 
     before = status("VmRSS")
+    if segment_bytes is not None:
+        assert isinstance(source, str)
+        PiecewiseSession(source, settings, segment_bytes).run(feed)
+        return max(0, status("VmHWM") - before)
     session = Session(source, settings)
     session.run(feed)
     return max(0, status("VmHWM") - before)
@@ -418,15 +530,13 @@ class _Artefact:
         return len(self.source) if isinstance(self.source, bytes) else 0
 
 
-def _serialised(model: ir.Model) -> _Artefact:
-    if _proto.fits_in_protobuf(model):
+def _serialised(model: ir.Model, key: str, *, as_file: bool = False) -> _Artefact:
+    """Bytes, or for a large model (or one run piecewise) a graph file in the process's weights
+    workspace whose tensors refer to data files there (``_weights.artefact``): the weights are
+    never serialised whole into memory, and ONNX Runtime never sees a user's path."""
+    if not as_file and not _weights.is_large(model):
         return _Artefact(_proto.to_bytes(model))
-    # Past the protobuf limit: our own private copy with external data (ONNX Runtime never sees
-    # a user's path), removed with the artefact.
-    from onnxpress.io import save
-
-    folder = tempfile.TemporaryDirectory(prefix="onnxpress-model-")
-    return _Artefact(str(save(model, Path(folder.name) / "model.onnx", external_data=True)), folder)
+    return _Artefact(_weights.artefact(model, key))
 
 
 # Serialised models by content fingerprint, shared by every runner (most recent last), each
@@ -467,6 +577,14 @@ class Runner:
 
         self.target = targets.load(target)
         self.settings = Settings.of(self.target)
+        self.session_bytes = int(self.target.session_memory_mb * 2**20)
+
+    def segment_bytes(self, model: ir.Model) -> int | None:
+        """The segment size ``model`` runs piecewise in, or None when one session holds it: its
+        weights exceed the target's ``session_memory_mb`` (segments of a quarter of it)."""
+        if self.session_bytes <= 0 or _proto.weight_bytes(model) <= self.session_bytes:
+            return None
+        return max(1, self.session_bytes // 4)
 
     # -- serialisation
 
@@ -477,10 +595,13 @@ class Runner:
 
         key = fingerprint(model, content=True)
         artefact = _ARTEFACTS.get(key)
+        as_file = self.segment_bytes(model) is not None
+        if artefact is not None and as_file and isinstance(artefact.source, bytes):
+            artefact = None  # kept as bytes for another runner's target: piecewise needs a file
         if artefact is None and not keep:
-            return key, _serialised(model)
+            return key, _serialised(model, key, as_file=as_file)
         if artefact is None:
-            artefact = _ARTEFACTS[key] = _serialised(model)
+            artefact = _ARTEFACTS[key] = _serialised(model, key, as_file=as_file)
         _ARTEFACTS.move_to_end(key)
         while len(_ARTEFACTS) > 1 and (len(_ARTEFACTS) > _ARTEFACT_COUNT or
                                        sum(a.nbytes for a in _ARTEFACTS.values()) > _ARTEFACT_BYTES):
@@ -518,8 +639,12 @@ class Runner:
         """
         settings = self.settings_for(model, optimization)
         artefact = self._artefact(model, keep=False)[1]
+        segment_bytes = self.segment_bytes(model)
+        if segment_bytes is not None:
+            assert isinstance(artefact.source, str)
+            return PiecewiseSession(artefact.source, settings, segment_bytes)  # type: ignore[return-value]
         session = Session(artefact.source, settings)
-        session.artefact = artefact  # a large model's private folder lives as long as the session
+        session.artefact = artefact
         return session
 
     # -- runs
@@ -551,7 +676,8 @@ class Runner:
                             f"large for onnx.reference ({_proto.weight_bytes(model) / 2**20:.0f} MB > "
                             f"{REFERENCE_LIMIT_BYTES // 2**20} MB): check it on its target (cuda)")
         request = _Request(self.settings_for(model), tuple(feeds), keep, check, 0 if reference else quick_runs,
-                           Timing.of(self.target) if timing else None, census, placement, quiet, reference)
+                           Timing.of(self.target) if timing else None, census, placement, quiet, reference,
+                           None if reference else self.segment_bytes(model))
         limits = sandbox.current()
         if sandboxed is False or (sandboxed is None and limits is None):
             artefact = self._artefact(model)[1]  # held: its folder (large models) lives while used
@@ -566,7 +692,7 @@ class Runner:
 
     def _run_limited(self, model: ir.Model, request: _Request, limits: Any, what: str) -> RunResult:
         """``run`` in the limited block's worker."""
-        weights = _proto.weight_bytes(model)
+        weights = _proto.weight_bytes(model) if request.segment_bytes is None else request.segment_bytes
         if limits is not None and limits.memory_bytes is not None and weights > limits.memory_bytes:
             raise sandbox.ResourceLimitError(
                 f"{what}: the model's tensors hold {weights / 2**30:.2f} GiB, more than the memory limit of "
@@ -628,7 +754,7 @@ class Runner:
             artefact = self._artefact(model)[1]
             return int(sandbox.call_fresh("onnxpress.runtime:_peak_memory", artefact.source,
                                           {k: np.asarray(v) for k, v in feed.items()}, self.settings_for(model),
-                                          what="peak memory probe"))
+                                          self.segment_bytes(model), what="peak memory probe"))
         except (sandbox.SandboxedError, sandbox.ResourceLimitError) as err:
             logger.warning("peak memory not measured: %s", err)
             return 0

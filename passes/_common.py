@@ -6,6 +6,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress import _weights
+
 logger = logging.getLogger(__name__)
 
 _FOLDS_INTO = ("Conv", "ConvTranspose", "Gemm")
@@ -32,23 +34,29 @@ def constant(value: ir.Value | None) -> np.ndarray | None:
     ``ir.convenience.get_const_tensor`` reads the Constant node, ``value_floats`` and
     ``value_ints`` included; a Constant it cannot read (``sparse_value``) counts as not constant.
     """
+    tensor = constant_tensor(value)
+    return _weights.read(tensor) if tensor is not None else None
+
+
+def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor of a constant input, not read (its shape and type are known without it)."""
     if value is None:
         return None
     try:
-        tensor = ir.convenience.get_const_tensor(value)
+        return ir.convenience.get_const_tensor(value)
     except ValueError as err:  # a Constant node get_const_tensor does not read
         logger.debug("%s: not read as a constant (%s)", value.name, err)
         return None
-    return tensor.numpy() if tensor is not None else None
 
 
 def add_initializer(graph: ir.Graph, name: str, array) -> ir.Value:
-    """Register ``array`` as a new initializer under ``name`` (suffixed while the name is taken)."""
+    """Register ``array`` as a new initializer under ``name`` (suffixed while the name is taken);
+    streaming a large model, a large one goes to the workspace's spill file (``_weights.keep``)."""
     base, suffix = name, 0
     while name in graph.initializers:
         suffix += 1
         name = f"{base}_{suffix}"
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value = ir.Value(name=name, const_value=_weights.keep(ir.tensor(array, name=name)))
     graph.register_initializer(value)
     return value
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress import _weights
 from onnxpress.passes import _blockwise, _compensate
 from onnxpress.passes._common import constant, set_initializer
 from onnxpress.progress import track
@@ -38,16 +39,34 @@ AWQ_SCALE_LIMIT = 1e4
 class Entry:
     """One layer the weightonly pass quantizes.
 
-    ``weight`` is ``rows x K`` (a MatMul's ``W`` transposed, a table as it is), float64;
-    ``grids`` the grid of each bit width; ``bias_add`` the Add of a rewritten Gemm's bias.
+    ``tensor`` is the weight as stored (a MatMul's ``W`` [K, N], a table [rows, K]), read on
+    use so that a large model's weights stay on disk; ``weight`` is it as ``rows x K`` (a MatMul's
+    ``W`` transposed), float64, or what AWQ set; ``grids`` the grid of each bit width;
+    ``bias_add`` the Add of a rewritten Gemm's bias.
     """
 
     name: str
     kind: str  # "matmul" | "embedding"
-    weight: np.ndarray
+    tensor: ir.TensorProtocol
     bias_add: str | None = None
     grids: dict[int, _blockwise.Grid] = field(default_factory=dict)
     algorithm: str = "rtn"
+    scaled: np.ndarray | None = None  # AWQ's scaled weight, rows x K
+
+    @property
+    def weight(self) -> np.ndarray:
+        if self.scaled is not None:
+            return self.scaled
+        array = _weights.read(self.tensor)
+        return (array.T if self.kind == "matmul" else array).astype(np.float64)
+
+    @weight.setter
+    def weight(self, value: np.ndarray) -> None:
+        self.scaled = value
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(tuple(self.tensor.shape)))
 
 
 def gptq(model: ir.Model, entries: list[Entry], feeds, runner, *, bits: int, block_size: int, symmetric: bool,

@@ -12,7 +12,8 @@ import onnx_ir.passes.common as common_passes
 from onnxpress.context import Pass, PassResult
 from onnxpress.modelinfo import fingerprint
 from onnxpress.passes import _compensate
-from onnxpress.passes._common import constant, reject_option
+from onnxpress import _weights
+from onnxpress.passes._common import constant, constant_tensor, reject_option
 from onnxpress.progress import Tracker, track
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ Method = Literal["svd", "activation", "eigen"]
 # Randomized SVD pays off once the matrix is large and the rank small against it.
 _RANDOMIZED_MIN_DIM = 768
 _RANDOMIZED_MAX_SHARE = 0.25
+_FLOAT64_MAX_ELEMENTS = 2**24
 
 
 @dataclass
@@ -30,7 +32,8 @@ class _Layer:
 
     node: ir.Node
     kind: str  # "matmul", "gemm" or "conv1x1"
-    weight: np.ndarray  # [K, N]
+    tensor: ir.TensorProtocol  # the weight as stored: read on use (large models keep it on disk)
+    transposed: bool  # a Gemm's transB: stored [N, K]
     activation: str  # name of x
     singular: np.ndarray | None = None  # spectrum of the (whitened) weight
     sensitivity: float = 1.0  # final-output error per unit of relative layer error (measured)
@@ -40,19 +43,38 @@ class _Layer:
     decomposition: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
+    def weight(self) -> np.ndarray:
+        """W as [K, N], read from the tensor each time (one layer's weight in memory at a time)."""
+        array = _weights.read(self.tensor)
+        if self.kind == "conv1x1":
+            return array[:, :, 0, 0].T
+        return array.T if self.transposed else array
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.tensor.dtype.numpy())
+
+    @property
     def shape(self) -> tuple[int, int]:
-        return self.weight.shape  # type: ignore[return-value]
+        dims = tuple(self.tensor.shape)
+        if self.kind == "conv1x1":
+            return dims[1], dims[0]
+        return (dims[1], dims[0]) if self.transposed else (dims[0], dims[1])  # type: ignore[return-value]
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
 
     @property
     def dense_params(self) -> int:
-        return self.weight.shape[0] * self.weight.shape[1]
+        return self.size
 
     def factored_params(self, rank: int) -> int:
-        return rank * (self.weight.shape[0] + self.weight.shape[1])
+        return rank * (self.shape[0] + self.shape[1])
 
     def break_even(self, margin: float) -> int:
         """Largest rank that still stores ``margin`` fewer parameters than the dense weight."""
-        k, n = self.weight.shape
+        k, n = self.shape
         return int(np.floor((1.0 - margin) * k * n / (k + n)))
 
 
@@ -142,9 +164,18 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         """The activation and eigen methods, a tolerance and ``compensate = true`` need data."""
         return self._needs_statistics() or self.compensate is True
 
-    def _compensating(self) -> bool:
+    def _compensating(self, model: ir.Model) -> bool:
+        """``auto``: with calibration data, unless the model runs piecewise (past the target's
+        ``session_memory_mb``): the refit runs the model once per stage of layers, and a model
+        run one segment at a time would take hours; ``compensate = true`` still refits it."""
         if self.compensate == "auto":
-            return self.context is not None and self.context.calibration is not None
+            context = self.context
+            if context is None or context.calibration is None:
+                return False
+            if context.runner.segment_bytes(model) is not None:
+                logger.info("lowrank: no compensation (compensate = \"auto\"): the model runs piecewise")
+                return False
+            return True
         return bool(self.compensate)
 
     # ------------------------------------------------------------------------------- call
@@ -152,16 +183,18 @@ class LowRank(Pass, ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> PassResult:
         result = model.clone()
         ir.passes.Sequential(common_passes.NameFixPass())(result)
-        teacher = result.clone() if self._compensating() else None  # the original, by the same names
+        teacher = result.clone() if self._compensating(model) else None  # the original, by the same names
         layers, skipped = self._layers(result)
         whitening = self._whitening(result, layers) if layers and self._needs_statistics() else {}
         spectrum_needed = self.energy is not None or self.budget is not None or self.tolerance is not None
         say = self.context.say if self.context is not None else None
         for layer in track(layers, say, "spectra" if spectrum_needed else "energies", unit="layers"):
-            matrix = layer.weight.astype(np.float64)
+            matrix = layer.weight
+            if layer.activation in whitening or spectrum_needed:
+                matrix = matrix.astype(np.float64)
             if layer.activation in whitening:
                 matrix = whitening[layer.activation][0] @ matrix
-            layer.energy_total = float(np.sum(matrix * matrix))
+            layer.energy_total = float(np.sum(np.square(matrix), dtype=np.float64))
             if spectrum_needed:  # a fixed rank needs only the top triplets, found later
                 layer.decomposition = _gram_svd(matrix)
                 layer.singular = layer.decomposition[1]
@@ -227,8 +260,8 @@ class LowRank(Pass, ir.passes.FunctionalPass):
 
                 def write():
                     for name, array in zip(names, arrays):
-                        graph.initializers[name].const_value = ir.tensor(
-                            np.ascontiguousarray(array).astype(layer.weight.dtype), name=name)
+                        graph.initializers[name].const_value = _weights.keep(ir.tensor(
+                            np.ascontiguousarray(array).astype(layer.dtype), name=name))
 
                 return a @ b, write
 
@@ -253,8 +286,8 @@ class LowRank(Pass, ir.passes.FunctionalPass):
                 if reason:
                     skipped[node.name] = reason
                 continue
-            if layer.weight.size < self.min_elements:
-                skipped[node.name] = f"{layer.weight.size} weights, fewer than min_elements ({self.min_elements})"
+            if layer.size < self.min_elements:
+                skipped[node.name] = f"{layer.size} weights, fewer than min_elements ({self.min_elements})"
                 continue
             layers.append(layer)
         return layers, skipped
@@ -313,8 +346,8 @@ class LowRank(Pass, ir.passes.FunctionalPass):
                 continue
             trial = model.clone()
             node = next(n for n in trial.graph if n.name == layer.node.name)
-            probe = _Layer(node, layer.kind, layer.weight, layer.activation, decomposition=layer.decomposition,
-                           rank=rank)
+            probe = _Layer(node, layer.kind, layer.tensor, layer.transposed, layer.activation,
+                           decomposition=layer.decomposition, rank=rank)
             self._rewrite(trial, probe, *self._factors(probe, whitening.get(layer.activation)))
             cosine = context.score(reference, trial)["cosine"]
             layer.sensitivity = max(1.0 - cosine, 1e-9) / tail
@@ -365,7 +398,9 @@ class LowRank(Pass, ir.passes.FunctionalPass):
     # ----------------------------------------------------------------------------- factors
 
     def _factors(self, layer: _Layer, whitening) -> tuple[np.ndarray, np.ndarray]:
-        matrix = layer.weight.astype(np.float64)
+        # float64 unless the layer is huge (an LM head): its float64 copy and the sketches would
+        # hold several times the layer; the randomized SVD keeps its accuracy in float32.
+        matrix = layer.weight.astype(np.float64 if layer.size <= _FLOAT64_MAX_ELEMENTS else np.float32)
         if whitening is not None:
             matrix = whitening[0] @ matrix
         if layer.decomposition is not None:
@@ -375,22 +410,23 @@ class LowRank(Pass, ir.passes.FunctionalPass):
             u, s, vt = _truncated_svd(matrix, layer.rank, self.randomized, self.seed)
         layer.kept_energy = float(np.sum(s ** 2))
         if self.method == "eigen":  # V_r: the top eigenvectors of the output covariance (S·W)ᵀ(S·W)
-            return (layer.weight.astype(np.float64) @ vt.T).astype(layer.weight.dtype), vt.astype(layer.weight.dtype)
+            return (layer.weight.astype(np.float64) @ vt.T).astype(layer.dtype), vt.astype(layer.dtype)
         root = np.sqrt(s)
         a = u * root
         b = root[:, None] * vt
         if whitening is not None:
             a = whitening[1] @ a
-        return a.astype(layer.weight.dtype), b.astype(layer.weight.dtype)
+        return a.astype(layer.dtype), b.astype(layer.dtype)
 
     def _describe(self, layer: _Layer, a: np.ndarray, b: np.ndarray, whitening) -> dict[str, Any]:
         k, n = layer.shape
         kept = layer.kept_energy / max(layer.energy_total, 1e-30)
-        error = a.astype(np.float64) @ b - layer.weight
+        weight = layer.weight
+        error = a.astype(np.float64) @ b - weight
         if whitening is not None:
-            relative = float(np.linalg.norm(whitening[0] @ error) / max(np.linalg.norm(whitening[0] @ layer.weight), 1e-30))
+            relative = float(np.linalg.norm(whitening[0] @ error) / max(np.linalg.norm(whitening[0] @ weight), 1e-30))
         else:
-            relative = float(np.linalg.norm(error) / max(np.linalg.norm(layer.weight), 1e-30))
+            relative = float(np.linalg.norm(error) / max(np.linalg.norm(weight), 1e-30))
         return {"shape": [k, n], "rank": layer.rank, "energy_kept": round(kept, 6),
                 "relative_error": round(relative, 6), "output_error_measured": whitening is not None,
                 "params_before": k * n, "params_after": layer.rank * (k + n),
@@ -417,8 +453,8 @@ class LowRank(Pass, ir.passes.FunctionalPass):
                              name=f"{base}_lowrank_2")
         else:  # 1x1 Conv: weights [N, K, 1, 1]; the first conv keeps strides, pads and dilations
             attrs = {attr.name: attr.value for attr in node.attributes.values() if attr.name != "group"}
-            a_value.const_value = ir.tensor(a.T[:, :, None, None].copy(), name=a_value.name)
-            b_value.const_value = ir.tensor(b.T[:, :, None, None].copy(), name=b_value.name)
+            a_value.const_value = _weights.keep(ir.tensor(a.T[:, :, None, None].copy(), name=a_value.name))
+            b_value.const_value = _weights.keep(ir.tensor(b.T[:, :, None, None].copy(), name=b_value.name))
             first = ir.node("Conv", [node.inputs[0], a_value], attributes=attrs, name=f"{base}_lowrank_1")
             inputs = [first.outputs[0], b_value] + ([node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else [])
             second = ir.node("Conv", inputs, attributes={"kernel_shape": [1, 1]}, name=f"{base}_lowrank_2")
@@ -434,32 +470,33 @@ class LowRank(Pass, ir.passes.FunctionalPass):
 
 
 def _as_layer(node: ir.Node) -> tuple[_Layer | None, str]:
-    """The node as ``x @ W`` with a constant 2-D W, or None and why not."""
-    weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    """The node as ``x @ W`` with a constant 2-D W, or None and why not (W is not read)."""
+    weight = constant_tensor(node.inputs[1]) if len(node.inputs) > 1 else None
     if node.inputs[0] is None or not node.inputs[0].name:
         return None, ""
+    dims = tuple(weight.shape) if weight is not None else ()
     if node.op_type == "MatMul":
         if weight is None:
             return None, ""
-        if weight.ndim != 2:
-            return None, f"batched MatMul weight of rank {weight.ndim} left alone"
-        return _Layer(node, "matmul", weight, node.inputs[0].name), ""
+        if len(dims) != 2:
+            return None, f"batched MatMul weight of rank {len(dims)} left alone"
+        return _Layer(node, "matmul", weight, False, node.inputs[0].name), ""
     if node.op_type == "Gemm":
         if weight is None:
             return None, "Gemm weight is not constant"
-        trans_b = node.attributes.get_int("transB", 0)
-        return _Layer(node, "gemm", weight.T if trans_b else weight, node.inputs[0].name), ""
+        trans_b = bool(node.attributes.get_int("transB", 0))
+        return _Layer(node, "gemm", weight, trans_b, node.inputs[0].name), ""
     if node.op_type == "Conv":
-        if weight is None or weight.ndim != 4 or weight.shape[2:] != (1, 1):
+        if weight is None or len(dims) != 4 or dims[2:] != (1, 1):
             return None, ""
         if node.attributes.get_int("group", 1) != 1:
             return None, "grouped 1x1 Conv left alone"
-        return _Layer(node, "conv1x1", weight[:, :, 0, 0].T, node.inputs[0].name), ""
+        return _Layer(node, "conv1x1", weight, False, node.inputs[0].name), ""
     return None, ""
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    value = ir.Value(name=name, const_value=_weights.keep(ir.tensor(np.ascontiguousarray(array), name=name)))
     graph.register_initializer(value)
     return value
 

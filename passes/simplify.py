@@ -8,7 +8,7 @@ from typing import Literal
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress import _proto, sandbox
+from onnxpress import _proto, _weights, sandbox
 from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
 from onnxpress.modelinfo import fingerprint, node_count, op_histogram
@@ -65,8 +65,10 @@ class Simplify(Pass, ir.passes.FunctionalPass):
         fallback_reason = None
         result = None
         if self.engine != "onnx-ir":
-            if not _proto.fits_in_protobuf(model):
-                fallback_reason = "model exceeds the 2 GB protobuf limit onnxsim works within"
+            if _weights.is_large(model):
+                # onnxsim takes the model as one protobuf and holds it several times over.
+                fallback_reason = (f"the model is large ({_proto.weight_bytes(model) / 2**20:.0f} MB of weights): "
+                                   "onnxsim would hold it whole in memory several times")
             else:
                 try:
                     result = self._onnxsim(model)
@@ -125,7 +127,7 @@ class Simplify(Pass, ir.passes.FunctionalPass):
         ir.passes.Sequential(
             common_passes.InlinePass(),
             ir.passes.PassManager([
-                FoldConstantsPass(shape_inference=_proto.fits_in_protobuf(result), input_size_limit=elements,
+                FoldConstantsPass(shape_inference=not _weights.is_large(result), input_size_limit=elements,
                                   output_size_limit=elements),
                 rewriter.RewritePass(rules),
                 common_passes.RemoveUnusedNodesPass(),

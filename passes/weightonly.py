@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from onnxpress.context import Pass, PassResult
 from onnxpress.passes import _blockwise, _weightfit
-from onnxpress.passes._common import add_initializer, constant, reject_option
+from onnxpress.passes._common import add_initializer, constant, constant_tensor, reject_option
 from onnxpress.passes._weightfit import Entry
 from onnxpress.progress import track
 
@@ -173,6 +173,9 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
                                  "algorithm": algorithm}
         base = "hqq" if algorithm == "hqq" else "rtn"
         say = self.context.say if self.context is not None else None
+        if algorithm in ("rtn", "hqq") and self.error_budget is None and not (
+                self.measure_latency and self.context is not None):
+            return self._layer_by_layer(model, entries, skipped, stats, base, before, say)
         for entry in track(entries, say, f"{base} grids", unit="layers"):
             entry.grids[self.bits] = self._grid(entry.weight, self.bits, base)
             entry.algorithm = base
@@ -200,19 +203,51 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         if fmt == "matmulnbits" and "com.microsoft" not in model.opset_imports:
             model.opset_imports["com.microsoft"] = 1
         count = _apply(model, entries, chosen, fmt, level)
-        after = _sizes(entries, chosen)
+        errors = {e.name: round(_weight_error(e, chosen[e.name]), 6) for e in entries}
+        return self._result(model, entries, skipped, stats, chosen, fmt, level, count, errors, before,
+                            _sizes(entries, chosen), algorithm)
+
+    def _result(self, model: ir.Model, entries: list[Entry], skipped: dict[str, str], stats: dict[str, Any],
+                chosen: dict[str, int], fmt: str, level: int, count: int, errors: dict[str, float],
+                before: dict[str, int], after: dict[str, int], algorithm: str) -> PassResult:
         stats.update({
             "format": fmt, "accuracy_level": level if fmt == "matmulnbits" else None, "layers": count,
             "matmul_layers": sum(1 for e in entries if e.kind == "matmul"),
             "embedding_layers": sum(1 for e in entries if e.kind == "embedding"),
             "bits_per_layer": chosen, "algorithm_per_layer": {e.name: e.algorithm for e in entries},
-            "weight_error": {e.name: round(_weight_error(e, chosen[e.name]), 6) for e in entries},
-            "bytes_before": before, "bytes_after": after, "skipped": skipped})
+            "weight_error": errors, "bytes_before": before, "bytes_after": after, "skipped": skipped})
         if "latency" in stats and stats["latency"].get("note"):
             stats["note"] = stats["latency"]["note"]
         logger.info("weightonly: %d layer(s) to %s bits (%s, %s), %d skipped", count, self.bits, algorithm, fmt,
                     len(skipped))
         return PassResult(model, modified=count > 0, statistics=stats)
+
+    def _layer_by_layer(self, model: ir.Model, entries: list[Entry], skipped: dict[str, str], stats: dict[str, Any],
+                        base: str, before: dict[str, int], say) -> PassResult:
+        """Each layer's grid made, written into the model and dropped before the next layer's
+        weight is read: a large model's weights pass through memory one at a time (the new
+        tensors go to the spill file as they are made, ``_weights.keep``)."""
+        fmt = self._resolved_format(model)
+        level = self.accuracy_level
+        if level == "auto":  # as in ``call``: unmeasured
+            level = 4 if self.bits == 8 else 0
+        if fmt == "matmulnbits" and "com.microsoft" not in model.opset_imports:
+            model.opset_imports["com.microsoft"] = 1
+        chosen = {e.name: self.bits for e in entries}
+        after = {"matmul": 0, "embedding": 0}
+        errors: dict[str, float] = {}
+        count = 0
+        for entry in track(entries, say, f"{base} layers", unit="layers"):
+            weight = entry.weight
+            grid = entry.grids[self.bits] = self._grid(weight, self.bits, base)
+            entry.algorithm = base
+            errors[entry.name] = round(float(np.linalg.norm(weight - grid.dequantized()) /
+                                             max(np.linalg.norm(weight), 1e-30)), 6)
+            del weight
+            after[entry.kind] += grid.nbytes
+            count += _apply(model, [entry], chosen, fmt, level)
+            entry.grids.clear()
+        return self._result(model, entries, skipped, stats, chosen, fmt, level, count, errors, before, after, base)
 
     def _grid(self, weight: np.ndarray, bits: int, algorithm: str) -> _blockwise.Grid:
         if algorithm == "hqq":
@@ -262,12 +297,11 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
             if kind == "gemm":
                 bias_add = _gemm_as_matmul(model, node)
                 node = next(n for n in model.graph if n.name == node.name)
-                weight = constant(node.inputs[1])
-                entries.append(Entry(node.name, "matmul", weight.T.astype(np.float64), bias_add=bias_add))
+                entries.append(Entry(node.name, "matmul", constant_tensor(node.inputs[1]), bias_add=bias_add))
             elif kind == "matmul":
-                entries.append(Entry(node.name, kind, constant(node.inputs[1]).T.astype(np.float64)))
+                entries.append(Entry(node.name, kind, constant_tensor(node.inputs[1])))
             else:
-                entries.append(Entry(node.name, kind, constant(node.inputs[0]).astype(np.float64)))
+                entries.append(Entry(node.name, kind, constant_tensor(node.inputs[0])))
         return entries, skipped
 
     def _kind(self, node: ir.Node) -> tuple[str | None, str | None]:
@@ -279,24 +313,26 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         if op == "Gather" and not self.embeddings:
             return None, None
         index = 0 if op == "Gather" else 1
-        weight = constant(node.inputs[index]) if len(node.inputs) > index else None
-        if weight is None:
+        tensor = constant_tensor(node.inputs[index]) if len(node.inputs) > index else None
+        if tensor is None:
             return None, None  # two activations: nothing to store
         if node.name in self.exclude or op in self.exclude:
             return None, "excluded by the exclude option"
-        if weight.ndim != 2:
-            return None, f"{weight.ndim}-D constant: block-wise kernels take 2-D weights"
-        if weight.dtype != np.float32:
-            return None, f"{weight.dtype} weight: MatMulNBits here computes in float32"
-        if weight.size < self.min_elements:
-            return None, f"{weight.size} elements, under min_elements={self.min_elements}"
-        if constant(node.inputs[1 - index]) is not None:
+        shape, dtype = tuple(tensor.shape), np.dtype(tensor.dtype.numpy())  # not read: the tensor may be on disk
+        size = int(np.prod(shape))
+        if len(shape) != 2:
+            return None, f"{len(shape)}-D constant: block-wise kernels take 2-D weights"
+        if dtype != np.float32:
+            return None, f"{dtype} weight: MatMulNBits here computes in float32"
+        if size < self.min_elements:
+            return None, f"{size} elements, under min_elements={self.min_elements}"
+        if constant_tensor(node.inputs[1 - index]) is not None:
             return None, "both inputs constant (left to constant folding)"
         if op == "Gather":
             if node.attributes.get_int("axis", 0) not in (0, -2):
                 return None, "Gather along the embedding axis: GatherBlockQuantized gathers rows"
-            if weight.shape[1] % self.block_size:
-                return None, f"table width {weight.shape[1]} is not a multiple of block_size={self.block_size}"
+            if shape[1] % self.block_size:
+                return None, f"table width {shape[1]} is not a multiple of block_size={self.block_size}"
             return "embedding", None
         if op == "Gemm":
             if node.attributes.get_int("transA", 0):
@@ -304,7 +340,7 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
             bias = node.inputs[2] if len(node.inputs) > 2 else None
             if bias is not None:
                 value = constant(bias)
-                n = weight.shape[0] if node.attributes.get_int("transB", 0) else weight.shape[1]
+                n = shape[0] if node.attributes.get_int("transB", 0) else shape[1]
                 if value is None or value.size != n:
                     return None, "Gemm bias that is not a constant of one value per output: left float"
             return "gemm", None
@@ -460,7 +496,7 @@ def _sizes(entries: list[Entry], chosen: dict[str, int] | None = None) -> dict[s
     sizes = {"matmul": 0, "embedding": 0}
     for entry in entries:
         if chosen is None:
-            sizes[entry.kind] += entry.weight.size * 4
+            sizes[entry.kind] += entry.size * 4
         else:
             sizes[entry.kind] += entry.grids[chosen[entry.name]].nbytes
     return sizes

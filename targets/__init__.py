@@ -26,7 +26,7 @@ Precision = Literal["fp32", "fp16", "bf16", "int8", "int8-pow2", "int4"]
 _SECTIONS: dict[str, dict[str, Any]] = {
     "runtime": {"providers": list[str], "provider_options": dict[str, dict[str, Any]], "intra_op_threads": int,
                 "inter_op_threads": int, "optimization": Literal["disable", "basic", "extended", "all"],
-                "isa": Literal[ISAS]},
+                "isa": Literal[ISAS], "session_memory_mb": float},
     "tolerances": {"cosine": float, "max_abs": float, "top1_agreement": float, "metric_drop": float},
     "budgets": {"latency_ms": float, "size_mb": float},
     "latency": {"warmup": int, "min_runs": int, "max_runs": int, "min_seconds": float},
@@ -43,6 +43,8 @@ class Target:
 
     ``isa`` is the instruction set the target runs (``onnxpress.hardware.ISAS``): quantization
     defaults follow it; ``"host"`` means the machine running the compression.
+    ``session_memory_mb``: the most weights one ONNX Runtime session is given; a larger model
+    runs piecewise (``onnxpress.runtime``), in segments of a quarter of it (0: never).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Target:
     inter_op_threads: int = 0
     optimization: str = "all"
     isa: str = "host"
+    session_memory_mb: float = 512.0
     cosine: float = 0.99
     max_abs: float = 0.0
     top1_agreement: float = 0.98
@@ -118,6 +121,8 @@ def load(target: str | os.PathLike | Target) -> Target:
     values.setdefault("name", path.stem)
     if "intra_op_threads" in values and values["intra_op_threads"] < 0:
         raise RecipeError(f"{path}: [runtime] 'intra_op_threads' must be >= 0")
+    if values.get("session_memory_mb", 512.0) < 0:
+        raise RecipeError(f"{path}: [runtime] 'session_memory_mb' must be >= 0 (0: never piecewise)")
     values.setdefault("description", "")
     return Target(path=path, **values)
 
