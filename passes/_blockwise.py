@@ -112,6 +112,15 @@ def round_to(values: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int)
     return np.clip(np.round(values / scale[..., None]) + zero[..., None], 0, levels(bits))
 
 
+def stack(parts: list[Grid]) -> Grid:
+    """The grid of a weight fitted in row blocks (``parts`` in row order)."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    return Grid(np.concatenate([p.q for p in parts]), np.concatenate([p.scale for p in parts]),
+                np.concatenate([p.zero for p in parts]), first.bits, first.block_size, first.symmetric, first.k)
+
+
 def make_grid(rows_k: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int, block_size: int,
               symmetric: bool) -> Grid:
     """``rows_k`` rounded onto the given per-block scales and zero points."""

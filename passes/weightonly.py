@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from onnxpress import _weights
 from onnxpress.context import Pass, PassResult
 from onnxpress.passes import _blockwise, _weightfit
 from onnxpress.passes._common import add_initializer, constant, constant_tensor, reject_option
@@ -14,6 +15,8 @@ from onnxpress.passes._weightfit import Entry
 from onnxpress.progress import track
 
 logger = logging.getLogger(__name__)
+
+_ROWS_ELEMENTS = 2**22  # weights fitted at once, layer by layer (rows of a block)
 
 Algorithm = Literal["auto", "rtn", "hqq", "gptq", "awq"]
 Format = Literal["auto", "matmulnbits", "dequantize"]
@@ -238,12 +241,22 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         errors: dict[str, float] = {}
         count = 0
         for entry in track(entries, say, f"{base} layers", unit="layers"):
-            weight = entry.weight
-            grid = entry.grids[self.bits] = self._grid(weight, self.bits, base)
+            stored = _weights.read(entry.tensor)
+            rows_k = stored.T if entry.kind == "matmul" else stored
+            # Row blocks in float64, one at a time: a whole LM head in float64 with the fit's
+            # temporaries would hold several times the layer.
+            step = max(1, _ROWS_ELEMENTS // max(1, rows_k.shape[1]))
+            parts, error, norm = [], 0.0, 0.0
+            for start in range(0, rows_k.shape[0], step):
+                rows = np.ascontiguousarray(rows_k[start:start + step], dtype=np.float64)
+                part = self._grid(rows, self.bits, base)
+                error += float(np.sum(np.square(rows - part.dequantized())))
+                norm += float(np.sum(np.square(rows)))
+                parts.append(part)
+            del stored, rows_k
+            grid = entry.grids[self.bits] = _blockwise.stack(parts)
             entry.algorithm = base
-            errors[entry.name] = round(float(np.linalg.norm(weight - grid.dequantized()) /
-                                             max(np.linalg.norm(weight), 1e-30)), 6)
-            del weight
+            errors[entry.name] = round(float(np.sqrt(error) / max(np.sqrt(norm), 1e-30)), 6)
             after[entry.kind] += grid.nbytes
             count += _apply(model, [entry], chosen, fmt, level)
             entry.grids.clear()
