@@ -75,8 +75,8 @@ class Plan:
                        for v in (*inferred.value_info, *inferred.input, *inferred.output)
                        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
         sizes = {t.name: _proto.tensor_nbytes(t) or 0 for t in graph.initializer}
-        self._tensors = {t.name: t for t in graph.initializer}
-        self.input_names = [v.name for v in graph.input if v.name not in self._tensors]
+        self.tensors = {t.name: t for t in graph.initializer}
+        self.input_names = [v.name for v in graph.input if v.name not in self.tensors]
         self.output_names = [v.name for v in graph.output]
         self.segments: list[Segment] = []
         current = Segment()
@@ -141,16 +141,24 @@ class Plan:
         return max((self.made.get(name, -1) for name in names), default=-1) + 1
 
     def write(self, index: int, sample: Mapping[str, np.ndarray] | None = None) -> Path:
-        """Segment ``index`` as a model file in the workspace; its inputs take the types of
-        ``sample``'s arrays (the values the earlier segments made) where given, else the
-        inferred ones. The caller removes it."""
+        """Segment ``index`` as a model file in the workspace (``model``); the caller removes it."""
+        path = self.folder / f"segment-{secrets.token_hex(6)}-{index}.onnx"
+        path.write_bytes(self.model(index, sample).SerializeToString())
+        return path
+
+    def model(self, index: int, sample: Mapping[str, np.ndarray] | None = None, *,
+              typed_outputs: bool = False) -> onnx.ModelProto:
+        """Segment ``index`` as a model whose initializers refer to the workspace's data files;
+        its inputs take the types of ``sample``'s arrays (the values the earlier segments made)
+        where given, else the inferred ones. Outputs are untyped (ONNX Runtime infers them)
+        unless ``typed_outputs`` (for tools that read them: the inferred types)."""
         segment = self.segments[index]
         model = onnx.ModelProto()
         model.CopyFrom(self._header)
         graph = model.graph
         graph.name = f"segment_{index}"
         graph.node.extend(segment.nodes)
-        graph.initializer.extend(self._tensors[name] for name in segment.initializers)
+        graph.initializer.extend(self.tensors[name] for name in segment.initializers)
         for name in segment.inputs:
             if sample is not None and name in sample:
                 array = np.asarray(sample[name])
@@ -160,10 +168,11 @@ class Plan:
             else:
                 raise ValueError(f"segment {index}: the type of its input '{name}' is unknown")
             graph.input.append(onnx.helper.make_tensor_value_info(name, kind, shape))
-        graph.output.extend(onnx.ValueInfoProto(name=name) for name in segment.outputs)
-        path = self.folder / f"segment-{secrets.token_hex(6)}-{index}.onnx"
-        path.write_bytes(model.SerializeToString())
-        return path
+        for name in segment.outputs:
+            typed = typed_outputs and name in self._types
+            graph.output.append(onnx.helper.make_tensor_value_info(name, self._types[name], None)
+                                if typed else onnx.ValueInfoProto(name=name))
+        return model
 
     def forget(self, index: int, activations: dict[str, np.ndarray]) -> None:
         """Drop from ``activations`` what no segment after ``index`` reads and nobody asked for."""

@@ -12,8 +12,8 @@ from onnxpress import _proto
 from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
 from onnxpress.modelinfo import fingerprint
-from onnxpress.passes import _calibrated
-from onnxpress.passes._common import constant, fold_batchnorm, reject_option
+from onnxpress.passes import _calibrated, _segmented
+from onnxpress.passes._common import constant, constant_tensor, fold_batchnorm, reject_option
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ _CONV_REGION_OPS = frozenset(("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmo
 _FLOOR_MARGIN = 0.2  # the remedy's aim above the accuracy floor, as a share of 1 - floor
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear need opset 13
 _ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# A model run piecewise is smoothed at SmoothQuant's usual alpha: each alpha tried costs a quantization
+# and a run of the model, one segment at a time.
+_PIECEWISE_ALPHA = 0.5
 
 
 class Quantize(Pass, ir.passes.FunctionalPass):
@@ -262,16 +265,16 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             if mode is None:
                 continue
             if mode == "dynamic" and node.op_type in ("MatMul", "Gemm"):
-                weight = constant(node.inputs[1]) if len(node.inputs) > 1 else None
-                if weight is None or weight.ndim != 2:
+                weight = constant_tensor(node.inputs[1]) if len(node.inputs) > 1 else None
+                if weight is None or len(weight.shape) != 2:
                     floating[name] = "MatMul of two activations (kept float by the transformer preset)"
                     continue
                 if node.op_type == "Gemm" and node.attributes.get_int("transA", 0):
                     floating[name] = "Gemm with transA: ONNX Runtime has no dynamic int8 form of it"
                     continue
             if node.op_type == "Gather":
-                table = constant(node.inputs[0])
-                if table is None or table.ndim != 2 or table.size < 4096:
+                table = constant_tensor(node.inputs[0])
+                if table is None or len(table.shape) != 2 or table.size < 4096:
                     continue  # only embedding tables are worth storing in int8
             if mode == "static" and not calibrated:
                 if node.op_type in COMPUTE_OPS:
@@ -292,10 +295,10 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             # The convolutional region of a transformer: convolutions, and the cheap ops
             # between them while every activation input comes from that region.
             if node.op_type in ("Conv", "ConvTranspose"):
-                return "static" if constant(node.inputs[1]) is not None else None
+                return "static" if constant_tensor(node.inputs[1]) is not None else None
             if node.op_type not in _CONV_REGION_OPS:
                 return None
-            sources = [v.producer() for v in node.inputs if v is not None and constant(v) is None]
+            sources = [v.producer() for v in node.inputs if v is not None and constant_tensor(v) is None]
             inside = [p is not None and plan.get(p.name) == "static" for p in sources]
             return "static" if inside and all(inside) else None
         if preset == "transformer" and option == "static" and self.op_types is None:
@@ -336,7 +339,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         context = self.context
         reference = None
         if context is not None and context.calibration is not None and (
-                self._accuracy_target() or self._search_alpha(preset)):
+                self._accuracy_target() or self._search_alpha(preset, prepared)):
             reference = context.outputs(prepared)
         smooth = self._wants_smoothquant(preset)
         if smooth:
@@ -344,7 +347,7 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             stats["smoothquant_alpha"] = alpha
             if tried:
                 stats["smoothquant_search"] = tried
-        if self._wants_gptq():
+        if self._wants_gptq(prepared):
             layers = [n for n in prepared.graph if n.name in plan and n.op_type in COMPUTE_OPS]
             overrides, originals, fits = _calibrated.gptq(
                 prepared, layers, context.calibration, context.runner, per_channel=self.per_channel,
@@ -409,13 +412,20 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             return preset == "transformer" and self.context is not None and self.context.calibration is not None
         return bool(self.smoothquant)  # True: needs_calibration made sure there is data
 
-    def _wants_gptq(self) -> bool:
+    def _piecewise(self, model: ir.Model) -> bool:
+        """Whether ``model`` runs piecewise on the target (past its ``session_memory_mb``)."""
+        return self.context is not None and self.context.runner.segment_bytes(model) is not None
+
+    def _wants_gptq(self, model: ir.Model) -> bool:
+        """``auto``: with calibration data, unless the model runs piecewise (GPTQ's refit runs it
+        once per stage of layers, one segment at a time: hours on a large model)."""
         if self.gptq == "auto":
-            return self.context is not None and self.context.calibration is not None
+            return self.context is not None and self.context.calibration is not None and not self._piecewise(model)
         return bool(self.gptq)  # True: needs_calibration made sure there is data
 
-    def _search_alpha(self, preset: str) -> bool:
-        return self._wants_smoothquant(preset) and self.smoothquant_alpha is None
+    def _search_alpha(self, preset: str, model: ir.Model) -> bool:
+        """The alpha is searched unless given, or the model runs piecewise (``_PIECEWISE_ALPHA``)."""
+        return self._wants_smoothquant(preset) and self.smoothquant_alpha is None and not self._piecewise(model)
 
     def _smooth(self, model: ir.Model, nodes: list[str], settings: dict, reference):
         groups = _calibrated.matmul_groups(model, set(nodes))
@@ -423,10 +433,12 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             return model, None, []
         stats = self.context.statistics(model, tensors=list(groups), channel_axes={a: -1 for a in groups},
                                         limit=self.calibration_samples)
-        if self.smoothquant_alpha is not None:
+        alpha = self.smoothquant_alpha if self.smoothquant_alpha is not None else \
+            _PIECEWISE_ALPHA if self._piecewise(model) else None
+        if alpha is not None:
             smoothed = model.clone()
-            _calibrated.smooth(smoothed, groups, stats, self.smoothquant_alpha)
-            return smoothed, self.smoothquant_alpha, []
+            _calibrated.smooth(smoothed, groups, stats, alpha)
+            return smoothed, alpha, []
         tried, best = [], (None, -np.inf, model)
         for alpha in self.context.track(_ALPHAS, "smoothquant alpha", unit="alphas"):
             smoothed = model.clone()
@@ -493,6 +505,16 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         if settings.get("pow2") and static:  # fixed point: GPTQ's grids are powers of two already
             overrides = _calibrated.pow2_weight_overrides(model, static, self.per_channel, settings["reduce_range"])
             settings = {**settings, "overrides": {**overrides, **settings.get("overrides", {})}}
+        segment_bytes = self.context.runner.segment_bytes(model) if self.context is not None else None
+        if dynamic and not static and segment_bytes is not None:
+            # A model run piecewise is quantized piecewise: one segment's weights in memory at a time.
+            try:
+                result = _segmented.rewrite(model, dynamic, lambda piece, names: self._run_quantizer(
+                    piece, names, None, settings, dynamic=True), segment_bytes)
+            except _segmented.SegmentError as err:
+                raise PassError(f"quantize: piecewise quantization failed: {err}") from err
+            ir.passes.Sequential(common_passes.TopologicalSortPass(), common_passes.RemoveUnusedNodesPass())(result)
+            return result
         proto = _proto.to_proto(model)
         if static:
             proto = self._run_quantizer(proto, static, ranges, settings, dynamic=False)
