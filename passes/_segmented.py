@@ -45,6 +45,8 @@ def rewrite(model: ir.Model, nodes: list[str], rewriter: Rewriter, budget: int) 
     opsets = {entry.domain: entry.version for entry in result.opset_import}
 
     def add_node(node: onnx.NodeProto) -> None:
+        # A copy: a sub-message held keeps its whole model (with the segment's weights) alive.
+        node = _copy(node)
         signature = _signature(node)
         repeated = [name for name in node.output if name and name in made]
         if repeated:
@@ -79,7 +81,7 @@ def rewrite(model: ir.Model, nodes: list[str], rewriter: Rewriter, budget: int) 
             if original is not None and _same(original, tensor):
                 tensors[tensor.name] = original  # untouched: still where it lies
             else:
-                tensors[tensor.name] = _spilled(space, tensor)
+                tensors[tensor.name] = _copy(_spilled(space, tensor))
         del rewritten
     graph = result.graph
     del graph.node[:]
@@ -94,10 +96,15 @@ def rewrite(model: ir.Model, nodes: list[str], rewriter: Rewriter, budget: int) 
     return rewritten_model
 
 
+def _copy(message):
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
 def _signature(node: onnx.NodeProto) -> bytes:
     """The computation a node stands for: its op, inputs and attributes (not its name)."""
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
+    copy = _copy(node)
     copy.name = ""
     copy.doc_string = ""
     return copy.SerializeToString(deterministic=True)

@@ -422,11 +422,14 @@ class LowRank(Pass, ir.passes.FunctionalPass):
         k, n = layer.shape
         kept = layer.kept_energy / max(layer.energy_total, 1e-30)
         weight = layer.weight
-        error = a.astype(np.float64) @ b - weight
         if whitening is not None:
+            error = a.astype(np.float64) @ b - weight
             relative = float(np.linalg.norm(whitening[0] @ error) / max(np.linalg.norm(whitening[0] @ weight), 1e-30))
-        else:
-            relative = float(np.linalg.norm(error) / max(np.linalg.norm(weight), 1e-30))
+        else:  # in row blocks: an LM head's float64 product and error would hold four times the layer
+            step = max(1, _FLOAT64_MAX_ELEMENTS // 4 // max(1, n))
+            squared = sum(float(np.sum(np.square(a[i:i + step].astype(np.float64) @ b - weight[i:i + step])))
+                          for i in range(0, k, step))
+            relative = float(np.sqrt(squared) / max(np.linalg.norm(weight), 1e-30))
         return {"shape": [k, n], "rank": layer.rank, "energy_kept": round(kept, 6),
                 "relative_error": round(relative, 6), "output_error_measured": whitening is not None,
                 "params_before": k * n, "params_after": layer.rank * (k + n),
