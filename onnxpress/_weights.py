@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -258,6 +259,22 @@ def spill(model: ir.Model) -> int:
                     moved += 1
     release_all(model)
     return moved
+
+
+def park(outputs: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """``outputs`` written to the workspace and given back as read-only memory maps: pages the
+    kernel can drop under pressure and read again, where arrays in memory could only be swapped."""
+    folder = workspace().folder / f"outputs-{secrets.token_hex(6)}"
+    folder.mkdir()
+    parked = []
+    for index, values in enumerate(outputs):
+        mapped = {}
+        for number, (name, array) in enumerate(values.items()):
+            path = folder / f"{index}-{number}.npy"
+            np.save(path, np.ascontiguousarray(array))
+            mapped[name] = np.load(path, mmap_mode="r")
+        parked.append(mapped)
+    return parked
 
 
 # ---------------------------------------------------------------------------------- artefacts

@@ -227,7 +227,6 @@ class Session:
                                 f"{', '.join(self.providers)}); the model would run elsewhere")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.artefact: _Artefact | None = None
 
     def run(self, feed: Feed, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run once (only the model's inputs are taken from ``feed``); returns outputs by name."""
@@ -358,7 +357,6 @@ class PiecewiseSession:
         self.settings = settings
         self.input_names = list(self.plan.input_names)
         self.output_names = list(self.plan.output_names)
-        self.artefact: _Artefact | None = None
 
     def run(self, feed: Feed, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         names = list(outputs) if outputs is not None else self.output_names
@@ -520,10 +518,9 @@ def _peak_memory(source: bytes | str, feed: dict, settings: Settings, segment_by
 
 @dataclass
 class _Artefact:
-    """A model's serialised form: bytes, or the path of a copy with external data in our folder."""
+    """A model's serialised form: bytes, or the path of its graph file in the weights workspace."""
 
     source: bytes | str
-    folder: tempfile.TemporaryDirectory | None = None
 
     @property
     def nbytes(self) -> int:
@@ -546,8 +543,7 @@ _OWNERS: dict[str, weakref.WeakSet] = {}
 
 
 def _drop(key: str) -> None:
-    """Forget ``key``. A large model's private folder goes when the last holder of its artefact
-    does (``TemporaryDirectory`` cleans up when collected), not while a session still reads it."""
+    """Forget ``key`` (a large model's graph file stays in the workspace with the weights it refers to)."""
     _ARTEFACTS.pop(key, None)
     _OWNERS.pop(key, None)
 
@@ -643,9 +639,7 @@ class Runner:
         if segment_bytes is not None:
             assert isinstance(artefact.source, str)
             return PiecewiseSession(artefact.source, settings, segment_bytes)  # type: ignore[return-value]
-        session = Session(artefact.source, settings)
-        session.artefact = artefact
-        return session
+        return Session(artefact.source, settings)
 
     # -- runs
 

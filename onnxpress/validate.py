@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxpress import kernels, modelinfo, runtime
+from onnxpress import _proto, _weights, kernels, modelinfo, runtime
 from onnxpress.calibration import from_feeds
 from onnxpress.errors import DataError, ProviderError
 from onnxpress.feeds import InputShapes, check_feed, plan_inputs, random_feeds
@@ -33,6 +33,8 @@ Metric = Callable[[Sequence[Mapping[str, np.ndarray]]], float]
 
 # Generated inputs when no data is given: enough to compare, few enough to be quick.
 _GENERATED_SAMPLES = 8
+# Outputs of one model past this size wait on disk (memory-mapped) while the other model runs.
+OUTPUTS_IN_MEMORY_BYTES = 256 * 2**20
 
 
 def validate(model: Any, reference: Any = None, *, target: str | os.PathLike | Target = "cpu",
@@ -210,7 +212,20 @@ def _run(report: ValidationReport, runner: runtime.Runner, model: ir.Model, feed
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         report.failures.append(f"the {who} cannot be run on {', '.join(report.providers)}: {text}")
         return None
-    return (result.outputs, result.placement) if placement else result.outputs
+    segment_bytes = runner.segment_bytes(model)
+    if segment_bytes is not None:
+        report.notes.append(
+            f"the {who} ran piecewise: its {_proto.weight_bytes(model) / 2**20:.0f} MB of weights exceed the "
+            f"target's session_memory_mb ({runner.session_bytes / 2**20:.0f} MB), so one ONNX Runtime session "
+            f"per segment of at most {segment_bytes / 2**20:.0f} MB ran at a time (its latency is the sum of "
+            "the segments')")
+    outputs = result.outputs
+    held = sum(np.asarray(a).nbytes for values in outputs for a in values.values())
+    if held > OUTPUTS_IN_MEMORY_BYTES:
+        outputs = _weights.park(outputs)
+        report.notes.append(f"the {who}'s outputs ({held / 2**20:.0f} MB) were kept on disk while the other "
+                            "model ran")
+    return (outputs, result.placement) if placement else outputs
 
 
 def _judge_accuracy(report: ValidationReport, profile: Target, reference: list, candidate: list,

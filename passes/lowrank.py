@@ -234,6 +234,10 @@ class LowRank(Pass, ir.passes.FunctionalPass):
                       "factored": factored, "layers": report, "skipped": skipped,
                       "params_before": before, "params_after": after,
                       "params_kept": round(after / before, 4) if before else 1.0}
+        if teacher is None and self.compensate == "auto" and self.context is not None \
+                and self.context.calibration is not None:
+            statistics["note"] = ("not compensated: the model runs piecewise, and a refit would run it once per "
+                                  "stage of layers (compensate = true refits it anyway)")
         logger.info("lowrank: factored %d of %d candidate layers, %d -> %d parameters",
                     factored, len(layers), before, after)
         return PassResult(result, modified=fingerprint(result) != fingerprint(model), statistics=statistics)

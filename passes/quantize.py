@@ -347,6 +347,9 @@ class Quantize(Pass, ir.passes.FunctionalPass):
             stats["smoothquant_alpha"] = alpha
             if tried:
                 stats["smoothquant_search"] = tried
+        if self.gptq == "auto" and context is not None and context.calibration is not None and self._piecewise(prepared):
+            stats["note"] = ("no GPTQ (gptq = \"auto\"): the model runs piecewise, and GPTQ would run it once per "
+                             f"stage of layers; smoothquant alpha {_PIECEWISE_ALPHA} unsearched")
         if self._wants_gptq(prepared):
             layers = [n for n in prepared.graph if n.name in plan and n.op_type in COMPUTE_OPS]
             overrides, originals, fits = _calibrated.gptq(

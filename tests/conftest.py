@@ -78,3 +78,18 @@ def digits():
 
     data, labels = samples.digits_eval()
     return ox.load(samples.DIGITS_MODEL), samples.digits_calibration(), list(data), labels
+
+
+def large_model_builder():
+    """``benchmarks/_large_model.py`` (the synthetic decoder of issue 17's benchmark), imported."""
+    import importlib.util
+    import sys
+
+    name = "_large_model"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks"
+                                                      / "_large_model.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -13,7 +13,6 @@ Both must stay under the model's size (the issue's bound); the figures are print
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import resource
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import large_model_builder
 
 pytestmark = [
     pytest.mark.slow,
@@ -98,18 +98,13 @@ measure_latency = false
 """
 
 
-def _builder():
-    spec = importlib.util.spec_from_file_location("_large_model", REPO / "benchmarks" / "_large_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory):
     """The decoder just past 2 GiB (hidden 2048, vocabulary 32000), built in a child process so
     that this process never holds its weights; removed after the module's tests."""
-    builder = _builder()
+    builder = large_model_builder()
     shape = builder.shape_for(2.01)
     folder = tmp_path_factory.mktemp("large")
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import _large_model as b; from pathlib import Path; "

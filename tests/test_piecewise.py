@@ -7,13 +7,13 @@ result is compared with the same work done in one session. The decoder is the on
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 import pytest
+from conftest import large_model_builder
 
 import onnxpress
 from onnxpress import _segments, _weights, runtime, statistics
@@ -23,17 +23,12 @@ from onnxpress.passes import Quantize, WeightOnly
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _builder():
-    spec = importlib.util.spec_from_file_location("_large_model", REPO / "benchmarks" / "_large_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def decoder(tmp_path_factory) -> Path:
     """A decoder of 4 blocks, hidden 64, vocabulary 512: about 0.5 MB of float32 weights."""
-    builder = _builder()
+    builder = large_model_builder()
     return builder.build(tmp_path_factory.mktemp("decoder"), builder.Shape(hidden=64, layers=4, vocab=512), seed=7)
 
 
@@ -107,7 +102,8 @@ def test_statistics_run_piecewise(decoder, small_target):
         np.testing.assert_allclose(pieces[name].range("minmax"), tensor.range("minmax"), rtol=1e-4, atol=1e-4)
 
 
-def test_dynamic_quantization_piecewise_equals_whole(decoder, small_target):
+def test_dynamic_quantization_piecewise_equals_whole(decoder, small_target, monkeypatch):
+    monkeypatch.setattr(_weights, "SPILL_MIN_BYTES", 2**12)  # this decoder's int8 weights are 4-64 KB
     model = onnxpress.load(decoder)
     feeds = _feeds()
 
@@ -118,7 +114,7 @@ def test_dynamic_quantization_piecewise_equals_whole(decoder, small_target):
     whole, pieces = quantized("cpu"), quantized(str(small_target))
     assert op_histogram(whole) == op_histogram(pieces)
     assert op_histogram(pieces).get("MatMulInteger", 0) + op_histogram(pieces).get("DynamicQuantizeMatMul", 0) > 0
-    # The pieces' large tensors lie in the workspace: none was made whole in memory.
+    # The pieces' new tensors went to the workspace as each segment was quantized.
     assert any(isinstance(v.const_value, ir.ExternalTensor) for v in pieces.graph.initializers.values())
     a = runtime.Runner("cpu").outputs(whole, feeds)
     b = runtime.Runner("cpu").outputs(pieces, feeds)
@@ -135,11 +131,14 @@ def test_large_model_streams_through_weightonly(decoder, monkeypatch, tmp_path):
     monkeypatch.setattr(_weights, "LARGE_BYTES", 2**16)
     monkeypatch.setattr(_weights, "SPILL_MIN_BYTES", 2**12)
     streamed = onnxpress.Pipeline(passes, golden_samples=1).run(onnxpress.load(decoder), feeds).model
-    spilled = [v for v in streamed.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
-    assert spilled and all(Path(v.const_value.path).parent == _weights.workspace().folder for v in spilled)
+    original = set(onnxpress.load(decoder).graph.initializers)
+    made = [v.const_value for name, v in streamed.graph.initializers.items()
+            if name not in original and v.const_value.nbytes >= 2**12]
+    assert made and all(isinstance(t, ir.ExternalTensor) and Path(t.path).parent == _weights.workspace().folder
+                        for t in made)
     matmuls = sum(1 for node in onnxpress.load(decoder).graph if node.op_type == "MatMul")
     assert op_histogram(streamed) == op_histogram(in_memory)
-    assert op_histogram(streamed).get("MatMulNBits", 0) == matmuls - 2 * 4  # all but attention's two per block
+    assert op_histogram(streamed)["com.microsoft::MatMulNBits"] == matmuls - 2 * 4  # all but attention's two per block
     for name, value in in_memory.graph.initializers.items():
         np.testing.assert_array_equal(_weights.read(streamed.graph.initializers[name].const_value),
                                       value.const_value.numpy(), err_msg=name)
@@ -184,3 +183,16 @@ def test_session_budget_must_not_be_negative(tmp_path):
     with pytest.raises(onnxpress.errors.RecipeError, match="session_memory_mb' must be >= 0"):
         runtime.Runner(path)
     assert os.path.exists(path)
+
+
+def test_validate_at_scale_runs_piecewise_and_parks_outputs(decoder, small_target, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("onnxpress.validate"), "OUTPUTS_IN_MEMORY_BYTES", 2**10)
+    report = onnxpress.validate(decoder, decoder, target=small_target, data=_feeds(2), measure_memory=False)
+    assert report.passed, report.failures
+    assert report.metrics["logits"].cosine > 0.999999
+    notes = " ".join(report.notes)
+    assert "the candidate ran piecewise" in notes and "the reference ran piecewise" in notes
+    assert "the reference's outputs" in notes and "kept on disk" in notes
+    assert report.latency["reference"].segments > 8

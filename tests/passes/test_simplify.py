@@ -82,11 +82,11 @@ def test_falls_back_to_onnx_ir_when_onnxsim_fails(small_model, monkeypatch, rng)
         ox.passes.Simplify(engine="onnxsim")(small_model.clone())
 
 
-def test_models_past_the_protobuf_limit_use_the_fallback(small_model, monkeypatch):
-    monkeypatch.setattr(simplify_module._proto, "fits_in_protobuf", lambda model: False)
+def test_large_models_use_the_fallback(small_model, monkeypatch):
+    monkeypatch.setattr(simplify_module._weights, "LARGE_BYTES", 16)
     result = ox.passes.Simplify()(small_model.clone())
     assert result.statistics["engine"] == "onnx-ir"
-    assert "2 GB" in result.statistics["fallback_reason"]
+    assert "the model is large" in result.statistics["fallback_reason"]
 
 
 def test_large_constants_are_not_materialised():
