@@ -1,6 +1,9 @@
 """A graph rewriter that takes a whole ``ModelProto`` (ONNX Runtime's quantizer) applied to a
 large model one segment at a time.
 
+Each segment reaches the rewriter with its shapes inferred (``value_info``), done before its
+weights were read in.
+
 The model is written to the weights workspace (``_weights.artefact``) and cut into segments of
 at most ``budget`` bytes of weights (``_segments.Plan``). Each segment holding nodes to rewrite
 becomes a small model with its weights in memory and is handed to the rewriter; its nodes and
@@ -67,6 +70,10 @@ def rewrite(model: ir.Model, nodes: list[str], rewriter: Rewriter, budget: int) 
                 tensors.setdefault(name, plan.tensors[name])
             continue
         piece = plan.model(index, typed_outputs=True)
+        try:  # shapes inferred while the weights are still references: cheap
+            piece = onnx.shape_inference.infer_shapes(piece)
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+            pass  # the rewriter infers what it needs
         onnx.external_data_helper.load_external_data_for_model(piece, str(plan.folder))
         rewritten = rewriter(piece, names)
         del piece

@@ -404,7 +404,7 @@ class LowRank(Pass, ir.passes.FunctionalPass):
     def _factors(self, layer: _Layer, whitening) -> tuple[np.ndarray, np.ndarray]:
         # float64 unless the layer is huge (an LM head): its float64 copy and the sketches would
         # hold several times the layer; the randomized SVD keeps its accuracy in float32.
-        matrix = layer.weight.astype(np.float64 if layer.size <= _FLOAT64_MAX_ELEMENTS else np.float32)
+        matrix = np.asarray(layer.weight, dtype=np.float64 if layer.size <= _FLOAT64_MAX_ELEMENTS else np.float32)
         if whitening is not None:
             matrix = whitening[0] @ matrix
         if layer.decomposition is not None:
@@ -532,7 +532,8 @@ def _truncated_svd(matrix: np.ndarray, rank: int, randomized: bool, seed: int):
     k, n = matrix.shape
     if randomized and min(k, n) >= _RANDOMIZED_MIN_DIM and rank <= _RANDOMIZED_MAX_SHARE * min(k, n):
         rng = np.random.default_rng(seed)
-        sketch = matrix @ rng.standard_normal((n, rank + max(10, rank // 2)))  # oversampled
+        # In the matrix's own type: a float64 probe would promote a float32 LM head to float64.
+        sketch = matrix @ rng.standard_normal((n, rank + max(10, rank // 2)), dtype=matrix.dtype)  # oversampled
         for _ in range(4):  # power iterations: weight spectra decay slowly
             sketch = matrix @ (matrix.T @ np.linalg.qr(sketch)[0])
         basis = np.linalg.qr(sketch)[0]

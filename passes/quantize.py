@@ -511,9 +511,14 @@ class Quantize(Pass, ir.passes.FunctionalPass):
         segment_bytes = self.context.runner.segment_bytes(model) if self.context is not None else None
         if dynamic and not static and segment_bytes is not None:
             # A model run piecewise is quantized piecewise: one segment's weights in memory at a time.
+            def quantize(piece, names):
+                # Its shapes are inferred (``_segmented``): ONNX Runtime's quantizer would otherwise
+                # copy the segment twice (save and reload) to infer them again.
+                piece.metadata_props.add(key="onnx.infer", value="onnxruntime.quant")
+                return self._run_quantizer(piece, names, None, settings, dynamic=True)
+
             try:
-                result = _segmented.rewrite(model, dynamic, lambda piece, names: self._run_quantizer(
-                    piece, names, None, settings, dynamic=True), segment_bytes)
+                result = _segmented.rewrite(model, dynamic, quantize, segment_bytes)
             except _segmented.SegmentError as err:
                 raise PassError(f"quantize: piecewise quantization failed: {err}") from err
             ir.passes.Sequential(common_passes.TopologicalSortPass(), common_passes.RemoveUnusedNodesPass())(result)
