@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from onnxpress import _proto
+from onnxpress import _proto, _weights
 from onnxpress.context import Pass, PassResult
 from onnxpress.errors import PassError
 from onnxpress.modelinfo import fingerprint
@@ -523,6 +523,10 @@ class Quantize(Pass, ir.passes.FunctionalPass):
                 raise PassError(f"quantize: piecewise quantization failed: {err}") from err
             ir.passes.Sequential(common_passes.TopologicalSortPass(), common_passes.RemoveUnusedNodesPass())(result)
             return result
+        if _weights.is_large(model):
+            logger.warning("quantize: %s of a large model: ONNX Runtime's QDQ quantizer takes it as one "
+                           "ModelProto, so it is held whole in memory (mode = \"dynamic\" runs piecewise)",
+                           "static quantization" if static else "quantization")
         proto = _proto.to_proto(model)
         if static:
             proto = self._run_quantizer(proto, static, ranges, settings, dynamic=False)
