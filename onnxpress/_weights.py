@@ -174,7 +174,8 @@ class _Workspace:
     """The process's private folder: spill files and the artefacts ONNX Runtime loads."""
 
     def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="onnxpress-weights-"))
+        _remove_orphans()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
         self.lock = threading.Lock()
         self.spill_name = "spill.data"
         self.handle = open(self.folder / self.spill_name, "ab+")  # noqa: SIM115 (lives with the process)
@@ -220,6 +221,27 @@ class _Workspace:
         with contextlib.suppress(OSError):
             self.handle.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_PREFIX = "onnxpress-weights-"
+
+
+def _remove_orphans() -> None:
+    """Remove the workspaces of processes that are gone (killed before their exit handler ran):
+    a large model's copy and spill files would otherwise stay in the temporary folder."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        try:
+            pid = int(folder.name[len(_PREFIX):].split("-")[0])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 _WORKSPACE: _Workspace | None = None

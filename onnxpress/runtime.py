@@ -307,12 +307,9 @@ def _perform_piecewise(source: str, request: _Request, progress: Report | None =
     with tempfile.TemporaryDirectory(prefix="onnxpress-session-") as folder:
         for index in range(len(plan)):
             optimized = str(Path(folder) / f"optimized-{index}.onnx") if request.census else None
-            path = plan.write(index, activations[0] if activations else None)
-            try:
-                session = Session(str(path), request.settings, profile_dir=folder if request.placement else None,
-                                  optimized_path=optimized, quiet=request.quiet)
-            finally:
-                path.unlink(missing_ok=True)
+            session = _segment_session(plan, index, activations[0] if activations else None, request.settings,
+                                       profile_dir=folder if request.placement else None, optimized_path=optimized,
+                                       quiet=request.quiet)
             outputs = plan.segments[index].outputs
             for values in activations:
                 values.update(session.run(values, outputs))
@@ -347,6 +344,16 @@ def _perform_piecewise(source: str, request: _Request, progress: Report | None =
     return result
 
 
+def _segment_session(plan: _segments.Plan, index: int, sample: Feed | None, settings: Settings,
+                     **options: Any) -> Session:
+    """A session over segment ``index`` of ``plan`` (its file is gone once the session is built)."""
+    path = plan.write(index, sample)
+    try:
+        return Session(str(path), settings, **options)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 class PiecewiseSession:
     """A session over a model past the session budget, for in-process streaming work
     (statistics, layer-wise comparisons): ``run`` builds each segment's session in turn, up
@@ -362,11 +369,7 @@ class PiecewiseSession:
         names = list(outputs) if outputs is not None else self.output_names
         values = {name: feed[name] for name in self.input_names}
         for index in range(self.plan.needed_for(names)):
-            path = self.plan.write(index, values)
-            try:
-                session = Session(str(path), self.settings)
-            finally:
-                path.unlink(missing_ok=True)
+            session = _segment_session(self.plan, index, values, self.settings)
             values.update(session.run(values, self.plan.segments[index].outputs))
             session.close()
             self.plan.forget(index, values)

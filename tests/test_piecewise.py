@@ -196,3 +196,21 @@ def test_validate_at_scale_runs_piecewise_and_parks_outputs(decoder, small_targe
     assert "the candidate ran piecewise" in notes and "the reference ran piecewise" in notes
     assert "the reference's outputs" in notes and "kept on disk" in notes
     assert report.latency["reference"].segments > 8
+
+
+def test_a_killed_process_workspace_is_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    code = ("import os, numpy as np, onnx_ir as ir; from onnxpress import _weights\n"
+            "with _weights.streaming():\n"
+            "    _weights.keep(ir.tensor(np.zeros(2**19, np.float32), name='w'))\n"
+            "print(_weights.workspace().folder, flush=True); os._exit(0)")  # no exit handlers: as if killed
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    folder = Path(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 check=True).stdout.strip())
+    assert folder.parent == tmp_path and (folder / "spill.data").stat().st_size >= 2**21
+    _weights._remove_orphans()
+    assert not folder.exists()
