@@ -176,7 +176,7 @@ def test_cli_weightonly_pipeline_under_a_memory_limit(decoder, tmp_path):
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
     command = [str(Path(sys.executable).with_name("onnxpress")), "run", str(source), "--recipe", str(recipe),
-               "-o", str(out / "model.onnx"), "--calibration", str(tmp_path / "calibration.npz"),
+               "-o", str(out / "model.onnx"), "--target", "cpu", "--calibration", str(tmp_path / "calibration.npz"),
                "--data", str(tmp_path / "evaluation.npz"), "--external-data",
                "--report", str(tmp_path / "report")]
     started = time.perf_counter()
