@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from onnxpress import _proto
@@ -308,18 +309,12 @@ def artefact(model: ir.Model, key: str) -> str:
     path = space.folder / f"model-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
     if path.exists():
         return str(path)
-    copy = model.clone()  # shares the tensors; only the copy's references change
-    for graph in _proto.graphs(copy):
-        for value in graph.initializers.values():
-            tensor = value.const_value
-            if not _storable(tensor, SPILL_MIN_BYTES):
-                _in_memory(value)
-            elif not space.owns(tensor):
-                value.const_value = space.external(tensor, space.offset_of(tensor))
-    _attributes_in_memory(copy)
-    proto = ir.serde.serialize_model(copy)
+
+    def place(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
+        return tensor if space.owns(tensor) else space.external(tensor, space.offset_of(tensor))
+
     staged = path.with_suffix(".tmp")
-    staged.write_bytes(proto.SerializeToString())
+    staged.write_bytes(_referring(model, SPILL_MIN_BYTES, place).SerializeToString())
     os.replace(staged, path)
     return str(path)
 
@@ -328,17 +323,25 @@ def write_external(model: ir.Model, folder: Path, model_name: str, data_name: st
                    size_threshold_bytes: int) -> None:
     """Write ``model`` to ``folder / model_name`` with every tensor of ``size_threshold_bytes``
     and more streamed into ``folder / data_name``, one tensor at a time."""
-    copy = model.clone()
     with open(folder / data_name, "wb") as handle:
-        for graph in _proto.graphs(copy):
-            for value in graph.initializers.values():
-                tensor = value.const_value
-                if not _storable(tensor, size_threshold_bytes):
-                    _in_memory(value)
-                    continue
-                offset = _copy_into(tensor, handle)
-                value.const_value = ir.ExternalTensor(data_name, offset=offset, length=tensor.nbytes,
-                                                      dtype=tensor.dtype, shape=ir.Shape(tensor.shape),
-                                                      name=tensor.name, base_dir=str(folder))
+        def place(tensor: ir.TensorProtocol) -> ir.ExternalTensor:
+            return ir.ExternalTensor(data_name, offset=_copy_into(tensor, handle), length=tensor.nbytes,
+                                     dtype=tensor.dtype, shape=ir.Shape(tensor.shape), name=tensor.name,
+                                     base_dir=str(folder))
+
+        proto = _referring(model, size_threshold_bytes, place)
+    (folder / model_name).write_bytes(proto.SerializeToString())
+
+
+def _referring(model: ir.Model, threshold: int, place) -> onnx.ModelProto:
+    """``model`` serialised with each initializer of ``threshold`` bytes and more referring to
+    where ``place(tensor)`` put it, the rest (and tensor attributes) inside the graph."""
+    copy = model.clone()  # shares the tensors; only the copy's references change
+    for graph in _proto.graphs(copy):
+        for value in graph.initializers.values():
+            if _storable(value.const_value, threshold):
+                value.const_value = place(value.const_value)
+            else:
+                _in_memory(value)
     _attributes_in_memory(copy)
-    (folder / model_name).write_bytes(ir.serde.serialize_model(copy).SerializeToString())
+    return ir.serde.serialize_model(copy)

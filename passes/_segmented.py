@@ -127,11 +127,5 @@ def _spilled(space, tensor: onnx.TensorProto) -> onnx.TensorProto:
     """``tensor`` written to the spill file, as a reference to it (a small one stays inline)."""
     if (_proto.tensor_nbytes(tensor) or 0) < _weights.SPILL_MIN_BYTES or tensor.data_type == onnx.TensorProto.STRING:
         return tensor
-    offset = space.append(ir.serde.deserialize_tensor(tensor))
-    reference = onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                 data_location=onnx.TensorProto.EXTERNAL)
-    for key, value in (("location", space.spill_name), ("offset", str(offset)),
-                       ("length", str(_proto.tensor_nbytes(tensor)))):
-        entry = reference.external_data.add()
-        entry.key, entry.value = key, value
-    return reference
+    made = ir.serde.deserialize_tensor(tensor)
+    return ir.serde.serialize_tensor(space.external(made, space.append(made)))

@@ -200,9 +200,7 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         if self.measure_latency and self.context is not None:
             level, stats["latency"] = self._latency(model, entries, chosen, fmt)
         elif level == "auto":
-            # Unmeasured: MLAS has no fast 8-bit kernel at level 0 (MiniLM, 2 threads: 9.6 ms at one
-            # token against 0.73 ms at level 4); 4-bit level 0 is exact and the faster at 128 tokens.
-            level = 4 if self.bits == 8 else 0
+            level = self._unmeasured_level()
         if fmt == "matmulnbits" and "com.microsoft" not in model.opset_imports:
             model.opset_imports["com.microsoft"] = 1
         count = _apply(model, entries, chosen, fmt, level)
@@ -231,9 +229,7 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
         weight is read: a large model's weights pass through memory one at a time (the new
         tensors go to the spill file as they are made, ``_weights.keep``)."""
         fmt = self._resolved_format(model)
-        level = self.accuracy_level
-        if level == "auto":  # as in ``call``: unmeasured
-            level = 4 if self.bits == 8 else 0
+        level = self._unmeasured_level() if self.accuracy_level == "auto" else self.accuracy_level
         if fmt == "matmulnbits" and "com.microsoft" not in model.opset_imports:
             model.opset_imports["com.microsoft"] = 1
         chosen = {e.name: self.bits for e in entries}
@@ -261,6 +257,12 @@ class WeightOnly(Pass, ir.passes.InPlacePass):
             count += _apply(model, [entry], chosen, fmt, level)
             entry.grids.clear()
         return self._result(model, entries, skipped, stats, chosen, fmt, level, count, errors, before, after, base)
+
+    def _unmeasured_level(self) -> int:
+        """``accuracy_level="auto"`` without a measurement: MLAS has no fast 8-bit kernel at level 0
+        (MiniLM, 2 threads: 9.6 ms at one token against 0.73 ms at level 4); 4-bit level 0 is exact
+        and the faster at 128 tokens."""
+        return 4 if self.bits == 8 else 0
 
     def _grid(self, weight: np.ndarray, bits: int, algorithm: str) -> _blockwise.Grid:
         if algorithm == "hqq":
